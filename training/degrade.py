@@ -1,0 +1,195 @@
+"""Synthetic degradations of sharp images: what a cheap webcam does to a frame.
+
+Every degradation is a pure function ``f(image, rng, **strength) -> image`` on an
+H×W×3 float32 RGB array in [0, 1]; strengths not given are drawn from ``rng`` (a
+``numpy.random.Generator``), so the same seed always gives the same output.
+Presets (``seed``, ``webcam``) chain them; ``COMPONENTS`` fixes one strength per
+degradation so evaluation can report each one on its own.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import cv2
+import numpy as np
+
+Image = np.ndarray
+Degradation = Callable[[Image, np.random.Generator], Image]
+
+_INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+}
+
+
+def _as_float(image: Image) -> Image:
+    return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _filter(image: Image, kernel: np.ndarray) -> Image:
+    kernel = (kernel / kernel.sum()).astype(np.float32)
+    return _as_float(cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT_101))
+
+
+def gaussian_blur(image: Image, rng: np.random.Generator, sigma: float | None = None) -> Image:
+    """Soft lens / slight focus error. sigma in pixels, drawn from [0.4, 2.0]."""
+    if sigma is None:
+        sigma = float(rng.uniform(0.4, 2.0))
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    return _as_float(cv2.GaussianBlur(image, (2 * radius + 1,) * 2, sigmaX=sigma, sigmaY=sigma,
+                                      borderType=cv2.BORDER_REFLECT_101))
+
+
+def disk_kernel(radius: float) -> np.ndarray:
+    size = 2 * int(math.ceil(radius)) + 1
+    c = size // 2
+    y, x = np.mgrid[:size, :size] - c
+    # Anti-aliased edge: the fraction of each pixel inside the disk, approximated
+    # by distance, so radius can be fractional.
+    return np.clip(radius + 0.5 - np.sqrt(x * x + y * y), 0.0, 1.0)
+
+
+def defocus_blur(image: Image, rng: np.random.Generator, radius: float | None = None) -> Image:
+    """Out-of-focus blur: a uniform disk (the lens aperture). radius from [1, 4] px."""
+    if radius is None:
+        radius = float(rng.uniform(1.0, 4.0))
+    return _filter(image, disk_kernel(radius))
+
+
+def motion_kernel(length: float, angle_deg: float) -> np.ndarray:
+    size = 2 * int(math.ceil(length / 2)) + 1
+    kernel = np.zeros((size, size), np.float32)
+    c = size // 2
+    dx, dy = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
+    # Dense samples along the segment, drawn with bilinear weights.
+    for t in np.linspace(-length / 2, length / 2, int(4 * length) + 1):
+        x, y = c + t * dx, c + t * dy
+        x0, y0 = int(math.floor(x)), int(math.floor(y))
+        fx, fy = x - x0, y - y0
+        for xi, yi, w in ((x0, y0, (1 - fx) * (1 - fy)), (x0 + 1, y0, fx * (1 - fy)),
+                          (x0, y0 + 1, (1 - fx) * fy), (x0 + 1, y0 + 1, fx * fy)):
+            if 0 <= xi < size and 0 <= yi < size:
+                kernel[yi, xi] += w
+    return kernel
+
+
+def motion_blur(image: Image, rng: np.random.Generator, length: float | None = None,
+                angle: float | None = None) -> Image:
+    """Linear camera/subject motion during exposure. length from [3, 15] px, any angle."""
+    if length is None:
+        length = float(rng.uniform(3.0, 15.0))
+    if angle is None:
+        angle = float(rng.uniform(0.0, 180.0))
+    return _filter(image, motion_kernel(length, angle))
+
+
+def rescale(image: Image, rng: np.random.Generator, factor: float | None = None,
+            down: str | None = None, up: str | None = None) -> Image:
+    """Down-then-up scaling (a low-resolution sensor or a call dropping resolution). ×1–3."""
+    if factor is None:
+        factor = float(rng.uniform(1.0, 3.0))
+    names = list(_INTERPOLATIONS)
+    if down is None:
+        down = names[int(rng.integers(len(names)))]
+    if up is None:
+        up = ("nearest", "linear", "cubic")[int(rng.integers(3))]
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(w / factor)), max(1, round(h / factor))),
+                       interpolation=_INTERPOLATIONS[down])
+    return _as_float(cv2.resize(small, (w, h), interpolation=_INTERPOLATIONS[up]))
+
+
+def jpeg(image: Image, rng: np.random.Generator, quality: int | None = None) -> Image:
+    """JPEG re-compression, as webcams and video calls do. quality from [30, 95]."""
+    if quality is None:
+        quality = int(rng.integers(30, 96))
+    bgr = cv2.cvtColor(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("OpenCV could not JPEG-encode an image")
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+def sensor_noise(image: Image, rng: np.random.Generator, photons: float | None = None,
+                 read_sigma: float | None = None) -> Image:
+    """Shot noise (Poisson, `photons` at full scale) plus read noise (Gaussian)."""
+    if photons is None:
+        # Log-uniform: low light (~30 photons) to bright daylight (~1000).
+        photons = float(math.exp(rng.uniform(math.log(30.0), math.log(1000.0))))
+    if read_sigma is None:
+        read_sigma = float(rng.uniform(0.0, 0.02))
+    shot = rng.poisson(np.clip(image, 0, 1) * photons).astype(np.float32) / photons
+    read = rng.normal(0.0, read_sigma, size=image.shape).astype(np.float32)
+    return _as_float(shot + read)
+
+
+DEGRADATIONS: dict[str, Callable[..., Image]] = {
+    "gaussian": gaussian_blur,
+    "defocus": defocus_blur,
+    "motion": motion_blur,
+    "rescale": rescale,
+    "jpeg": jpeg,
+    "noise": sensor_noise,
+}
+
+# One fixed, moderate strength per component, for evaluation tables.
+COMPONENTS: dict[str, dict] = {
+    "gaussian": dict(sigma=1.2),
+    "defocus": dict(radius=2.5),
+    "motion": dict(length=9.0, angle=30.0),
+    "rescale": dict(factor=2.0, down="area", up="linear"),
+    "jpeg": dict(quality=40),
+    "noise": dict(photons=150.0, read_sigma=0.01),
+}
+
+UNTOUCHED_SHARE = 0.1
+
+
+def seed_preset(image: Image, rng: np.random.Generator) -> Image:
+    """The original project's data: Gaussian blur with sigma 0.5, nothing else."""
+    return gaussian_blur(image, rng, sigma=0.5)
+
+
+def webcam_preset(image: Image, rng: np.random.Generator) -> Image:
+    """A random webcam pipeline: optics -> sensor -> scaling -> compression.
+
+    About 10 % of inputs come back untouched (the same array), so the model also
+    learns to leave sharp frames alone.
+    """
+    if rng.random() < UNTOUCHED_SHARE:
+        return image
+    out = image
+    applied = False
+    # Optics: at most one blur kind (they model the same lens, stacking them is unrealistic).
+    if rng.random() < 0.8:
+        blur = ("gaussian", "defocus", "motion")[int(rng.integers(3))]
+        out = DEGRADATIONS[blur](out, rng)
+        applied = True
+    if rng.random() < 0.4:
+        out = sensor_noise(out, rng)
+        applied = True
+    if rng.random() < 0.3:
+        out = rescale(out, rng)
+        applied = True
+    if rng.random() < 0.5 or not applied:
+        out = jpeg(out, rng)
+    return out
+
+
+PRESETS: dict[str, Degradation] = {"seed": seed_preset, "webcam": webcam_preset}
+
+
+def get_preset(name: str) -> Degradation:
+    if name not in PRESETS:
+        raise SystemExit(f"error: unknown degradation preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def component(name: str) -> Degradation:
+    """The named degradation at its fixed evaluation strength (still a function of (image, rng))."""
+    fn, strength = DEGRADATIONS[name], COMPONENTS[name]
+    return lambda image, rng: fn(image, rng, **strength)
