@@ -1,0 +1,111 @@
+"""Data: folder scanning, the file-level split, paired matching, corrupt files, determinism."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from training import data
+
+
+def write_images(folder: Path, names, size=(48, 40), seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8))
+    return folder
+
+
+def test_list_images_is_recursive_and_filters_extensions(tmp_path):
+    write_images(tmp_path, ["a.png", "sub/b.jpg", "sub/deeper/c.bmp", "d.webp"])
+    (tmp_path / "notes.txt").write_text("x")
+    names = [str(p.relative_to(tmp_path)) for p in data.list_images(tmp_path)]
+    assert sorted(names) == sorted(["a.png", "sub/b.jpg", "sub/deeper/c.bmp", "d.webp"])
+
+
+def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        data.list_images(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no images"):
+        data.list_images(tmp_path / "empty")
+
+
+def test_split_is_deterministic_disjoint_and_holds_one_out():
+    names = [f"img{i:03d}.png" for i in range(40)]
+    train, val = data.split_names(names)
+    assert data.split_names(list(reversed(names))) == (train, val)
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(names)
+    assert 1 <= len(val) <= 14
+    t2, v2 = data.split_names(["a.png", "b.png"])
+    assert len(t2) == 1 and len(v2) == 1
+
+
+def test_builtin_photos_load_and_hold_several_out():
+    source = data.load_source()
+    assert source.kind == "builtin"
+    assert len(source.val_images) >= 3 and len(source.train_images) >= 8
+    assert {f.name for f in source.train_files}.isdisjoint(f.name for f in source.val_files)
+
+
+def test_corrupt_files_are_skipped_and_counted_in_one_line(tmp_path, capsys):
+    write_images(tmp_path, [f"ok{i}.png" for i in range(4)])
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    files, images = data.load_images(data.list_images(tmp_path))
+    assert len(images) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "skipped 2" in err[0]
+
+
+def test_paired_matching_reports_unmatched_names(tmp_path, capsys):
+    write_images(tmp_path / "blur", ["0001.png", "0002.png", "0003.png", "only_blur.png"])
+    write_images(tmp_path / "sharp", ["0001.png", "0002.png", "0003.png", "only_sharp.png"])
+    pairs = data.match_pairs(tmp_path / "blur", tmp_path / "sharp")
+    assert [n for n, _, _ in pairs] == ["0001.png", "0002.png", "0003.png"]
+    err = capsys.readouterr().err
+    assert "only_blur.png" in err and "only_sharp.png" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit, match="no file name appears in both"):
+        write_images(tmp_path / "other", ["x.png"])
+        data.match_pairs(tmp_path / "blur", tmp_path / "other")
+
+
+def test_paired_resize_reproduces_original_protocol(tmp_path):
+    write_images(tmp_path / "blur", [f"{i}.png" for i in range(6)], size=(300, 200))
+    write_images(tmp_path / "sharp", [f"{i}.png" for i in range(6)], size=(300, 200), seed=1)
+    source = data.load_source(paired=[str(tmp_path / "blur"), str(tmp_path / "sharp")])
+    ds = data.train_dataset(source, crop=256, degradation="seed", seed=0, crops_per_image=1, resize=256)
+    blurred, sharp = ds[0]
+    assert blurred.shape == sharp.shape == (3, 256, 256)
+    # With crop == resize the whole resized image is the sample (up to flips/rotations).
+    b0 = cv2.resize(source.train_images[0][0], (256, 256), interpolation=cv2.INTER_AREA)
+    assert np.isclose(np.sort(blurred.numpy().ravel()), np.sort(b0.transpose(2, 0, 1).ravel())).all()
+
+
+def test_synthetic_samples_are_deterministic_per_key_and_cropped(tmp_path):
+    write_images(tmp_path, [f"{i}.png" for i in range(3)], size=(80, 70))
+    source = data.load_source(data=str(tmp_path))
+    ds = data.train_dataset(source, crop=64, degradation="webcam", seed=5, crops_per_image=2)
+    a, b = ds[3], ds[3]
+    assert a[0].shape == (3, 64, 64)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(ds[3][1], ds[4][1])
+
+
+def test_epoch_sampler_shards_and_skips_for_resume():
+    full = data.EpochSampler(10, epoch=2, seed=0).keys()
+    assert sorted(k - 20 for k in full) == list(range(10))
+    r0 = data.EpochSampler(10, 2, 0, rank=0, world=2).keys()
+    r1 = data.EpochSampler(10, 2, 0, rank=1, world=2).keys()
+    assert set(r0).isdisjoint(r1) and len(r0) == len(r1) == 5
+    assert data.EpochSampler(10, 2, 0, skip=4).keys() == full[4:]
+
+
+def test_unpaired_samples_have_no_target(tmp_path):
+    write_images(tmp_path, [f"{i}.png" for i in range(3)], size=(64, 64))
+    source = data.load_source(unpaired=str(tmp_path))
+    sample = data.train_dataset(source, crop=32, degradation="webcam", seed=0, crops_per_image=1)[0]
+    assert len(sample) == 1 and sample[0].shape == (3, 32, 32)

@@ -1,0 +1,399 @@
+"""Training and validation data: image folders, paired folders, unpaired frames.
+
+Three sources, one shape of sample — a tuple of C×H×W float tensors in [0, 1]:
+- ``SyntheticPairs``: sharp photos, randomly cropped/flipped/rotated and degraded
+  on the fly -> ``(degraded, sharp)``;
+- ``PairedCrops``: the original project's ``blur/`` + ``sharp/`` folders, matched by
+  file name -> ``(blurred, sharp)``;
+- ``UnpairedCrops``: frames with no sharp reference (own webcam) -> ``(frame,)``.
+
+Randomness is keyed by (seed, sample key), never by worker or process state, so a
+sample is the same whichever DataLoader worker or DDP rank draws it, and a resumed
+run sees exactly the data it would have seen. ``EpochSampler`` hands out keys
+``epoch * len(dataset) + index``.
+
+The split into train and validation is by file: a hash of each file's relative
+path decides, so it is stable across machines and runs, and validation files are
+never trained on. With no data argument, the photographs that scikit-image ships in
+its installed package are used (read from disk, never downloaded).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from training.degrade import get_preset
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+# scikit-image's bundled images that are real, sharp photographs or scans (the
+# motion-blurred clock, binary masks and the right stereo view — a near duplicate
+# of the left one, which would leak across the split — are left out).
+BUILTIN_TRAIN = ("astronaut.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
+                 "retina.jpg", "ihc.png", "text.png", "coins.png", "moon.png", "brick.png",
+                 "grass.png", "gravel.png", "color.png")
+# Held out by name rather than by hash, so faces, text and texture all stay held out.
+BUILTIN_VAL = ("chelsea.png", "coffee.png", "camera.png", "page.png")
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray | None:
+    """H×W×3 float32 RGB in [0, 1], or None when the file cannot be decoded."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)  # fromfile+imdecode copes with non-ASCII paths
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except OSError:
+        return None
+    if image is None:
+        return None
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    else:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    scale = 65535.0 if image.dtype == np.uint16 else 255.0
+    return image.astype(np.float32) / scale
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted; a clear error when there are none."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise SystemExit(f"error: image folder {str(root)!r} does not exist; pass an existing folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise SystemExit(f"error: no images ({', '.join(IMAGE_EXTENSIONS)}) in {str(root)!r}; "
+                         "put images there or pass another folder")
+    return files
+
+
+def builtin_dir() -> Path:
+    import skimage.data
+    return Path(skimage.data.__file__).parent
+
+
+def builtin_files(split: str) -> list[Path]:
+    names = BUILTIN_TRAIN if split == "train" else BUILTIN_VAL
+    folder = builtin_dir()
+    files = [folder / n for n in names if (folder / n).is_file()]
+    if not files:
+        raise SystemExit(f"error: scikit-image's bundled photos are missing from {folder}; "
+                         "reinstall scikit-image or pass --data DIR")
+    return files
+
+
+def is_validation(name: str, val_fraction: float) -> bool:
+    digest = hashlib.sha256(name.replace(os.sep, "/").encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+def split_names(names: Sequence[str], val_fraction: float = 0.15) -> tuple[list[str], list[str]]:
+    """Deterministic split by name hash; at least one of each when there are two or more."""
+    names = sorted(names)
+    val = [n for n in names if is_validation(n, val_fraction)]
+    if len(names) >= 2:
+        ranked = sorted(names, key=lambda n: hashlib.sha256(n.replace(os.sep, "/").encode()).digest())
+        if not val:
+            val = [ranked[0]]
+        if len(val) == len(names):
+            val = val[:-1]
+    train = [n for n in names if n not in set(val)]
+    return train, val
+
+
+def load_images(files: Sequence[Path], what: str = "images") -> tuple[list[Path], list[np.ndarray]]:
+    """Decode every file once (threads: OpenCV releases the GIL); skip and count unreadable ones."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(read_image, files))
+    kept = [(f, im) for f, im in zip(files, decoded) if im is not None]
+    skipped = [f for f, im in zip(files, decoded) if im is None]
+    if skipped:
+        examples = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        warn(f"skipped {len(skipped)} unreadable or corrupt {what} ({examples})")
+    if not kept:
+        raise SystemExit(f"error: none of the {len(files)} {what} could be read; check the files")
+    return [f for f, _ in kept], [im for _, im in kept]
+
+
+# --- cropping and augmentation ------------------------------------------------------
+
+
+def pad_to(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if h >= size and w >= size:
+        return image
+    ph, pw = max(0, size - h), max(0, size - w)
+    return cv2.copyMakeBorder(image, ph // 2, ph - ph // 2, pw // 2, pw - pw // 2, cv2.BORDER_REFLECT_101)
+
+
+def random_crop(images: Sequence[np.ndarray], size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random window from each (equally sized) image."""
+    images = [pad_to(im, size) for im in images]
+    h, w = images[0].shape[:2]
+    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    return [im[y:y + size, x:x + size] for im in images]
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    image = pad_to(image, size)
+    h, w = image.shape[:2]
+    y, x = (h - size) // 2, (w - size) // 2
+    return image[y:y + size, x:x + size]
+
+
+def random_flip_rotate(images: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """One of the 8 flips/90° rotations, the same for each image."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = []
+    for im in images:
+        im = np.rot90(im, k)
+        out.append(np.ascontiguousarray(im[:, ::-1] if flip else im))
+    return out
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0)
+
+
+def sample_rng(seed: int, key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, key])
+
+
+# --- datasets ------------------------------------------------------------------------
+
+
+class SyntheticPairs(Dataset):
+    """Sharp images -> (degraded, sharp) random crops; ``crops_per_image`` crops per epoch."""
+
+    def __init__(self, images: Sequence[np.ndarray], crop: int, degradation: str = "webcam",
+                 seed: int = 0, crops_per_image: int = 16, augment: bool = True):
+        self.images, self.crop, self.seed = list(images), crop, seed
+        self.degradation_name = degradation
+        self.degrade: Callable = get_preset(degradation)
+        self.crops_per_image, self.augment = crops_per_image, augment
+
+    def __len__(self) -> int:
+        return len(self.images) * self.crops_per_image
+
+    def __getitem__(self, key: int):
+        rng = sample_rng(self.seed, int(key))
+        sharp = self.images[int(key) % len(self)  % len(self.images)]
+        (sharp,) = random_crop([sharp], self.crop, rng)
+        if self.augment:
+            (sharp,) = random_flip_rotate([sharp], rng)
+        degraded = self.degrade(sharp, rng)
+        return to_tensor(degraded), to_tensor(sharp)
+
+
+class PairedCrops(Dataset):
+    """Blurred/sharp image pairs -> aligned crops (optionally both resized to ``resize`` first)."""
+
+    def __init__(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], crop: int, seed: int = 0,
+                 crops_per_image: int = 1, resize: int | None = None, augment: bool = True):
+        if resize:
+            pairs = [(cv2.resize(b, (resize, resize), interpolation=cv2.INTER_AREA),
+                      cv2.resize(s, (resize, resize), interpolation=cv2.INTER_AREA)) for b, s in pairs]
+        self.pairs, self.crop, self.seed = list(pairs), crop, seed
+        self.crops_per_image, self.augment = crops_per_image, augment
+
+    def __len__(self) -> int:
+        return len(self.pairs) * self.crops_per_image
+
+    def __getitem__(self, key: int):
+        rng = sample_rng(self.seed, int(key))
+        blurred, sharp = self.pairs[int(key) % len(self) % len(self.pairs)]
+        crops = random_crop([blurred, sharp], self.crop, rng)
+        if self.augment:
+            crops = random_flip_rotate(crops, rng)
+        return to_tensor(crops[0]), to_tensor(crops[1])
+
+
+class UnpairedCrops(Dataset):
+    """Frames without ground truth -> ``(frame,)`` crops; the teacher provides the label."""
+
+    def __init__(self, frames: Sequence[np.ndarray], crop: int, seed: int = 0,
+                 crops_per_image: int = 4, augment: bool = True):
+        self.frames, self.crop, self.seed = list(frames), crop, seed
+        self.crops_per_image, self.augment = crops_per_image, augment
+
+    def __len__(self) -> int:
+        return len(self.frames) * self.crops_per_image
+
+    def __getitem__(self, key: int):
+        rng = sample_rng(self.seed, int(key))
+        (frame,) = random_crop([self.frames[int(key) % len(self) % len(self.frames)]], self.crop, rng)
+        if self.augment:
+            (frame,) = random_flip_rotate([frame], rng)
+        return (to_tensor(frame),)
+
+
+class EpochSampler(Sampler):
+    """Shuffled keys ``epoch * n + index`` for one epoch, sharded over DDP ranks.
+
+    ``skip`` drops the first samples of this rank's share — how a resumed run
+    continues mid-epoch with exactly the batches it had not yet seen.
+    """
+
+    def __init__(self, n: int, epoch: int, seed: int, rank: int = 0, world: int = 1,
+                 skip: int = 0, shuffle: bool = True):
+        self.n, self.epoch, self.seed, self.rank, self.world = n, epoch, seed, rank, world
+        self.skip, self.shuffle = skip, shuffle
+
+    def keys(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        per_rank = self.n // self.world  # equal shares keep DDP ranks in lock-step
+        mine = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return [self.epoch * self.n + i for i in mine[self.skip:]]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return max(0, self.n // self.world - self.skip)
+
+
+# --- building the data a command asked for -------------------------------------------
+
+
+@dataclass
+class DataSource:
+    """What a command trains and validates on; ``describe`` goes into metrics and cache keys."""
+    kind: str                      # "builtin" | "folder" | "paired" | "unpaired"
+    train_files: list[Path]
+    val_files: list[Path]
+    train_images: list             # arrays, or (blurred, sharp) tuples for paired
+    val_images: list
+    describe: dict
+
+
+def _file_fingerprint(files: Sequence[Path]) -> list:
+    return [[str(f), f.stat().st_size, int(f.stat().st_mtime)] for f in files]
+
+
+def load_source(*, data: str | None = None, paired: Sequence[str] | None = None,
+                unpaired: str | None = None, val_fraction: float = 0.15) -> DataSource:
+    """Resolve ``--data`` / ``--paired`` / ``--unpaired`` (or the built-in photos) to decoded images."""
+    given = [x for x in (data, paired, unpaired) if x]
+    if len(given) > 1:
+        raise SystemExit("error: pass only one of --data, --paired and --unpaired")
+    if paired:
+        return _load_paired(paired[0], paired[1], val_fraction)
+    if unpaired or data:
+        folder = Path(unpaired or data)
+        files = list_images(folder)
+        rel = {str(f.relative_to(folder)): f for f in files}
+        train_names, val_names = split_names(list(rel), val_fraction)
+        kind = "unpaired" if unpaired else "folder"
+    else:
+        kind, folder = "builtin", builtin_dir()
+        train_names = [f.name for f in builtin_files("train")]
+        val_names = [f.name for f in builtin_files("val")]
+        rel = {n: folder / n for n in train_names + val_names}
+    train_files, train_images = load_images([rel[n] for n in train_names], "images")
+    val_files, val_images = (load_images([rel[n] for n in val_names], "validation images")
+                             if val_names else ([], []))
+    describe = {"kind": kind, "root": str(folder), "train": _file_fingerprint(train_files),
+                "val": _file_fingerprint(val_files)}
+    return DataSource(kind, train_files, val_files, train_images, val_images, describe)
+
+
+def match_pairs(blur_dir: Path, sharp_dir: Path) -> list[tuple[str, Path, Path]]:
+    """Pairs by identical relative file name; one warning line listing the unmatched."""
+    blur = {str(p.relative_to(blur_dir)): p for p in list_images(blur_dir)}
+    sharp = {str(p.relative_to(sharp_dir)): p for p in list_images(sharp_dir)}
+    only_blur, only_sharp = sorted(set(blur) - set(sharp)), sorted(set(sharp) - set(blur))
+    if only_blur or only_sharp:
+        def some(names):
+            return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        warn(f"unmatched names: {len(only_blur)} in {blur_dir} without a sharp twin ({some(only_blur)}), "
+             f"{len(only_sharp)} in {sharp_dir} without a blurred twin ({some(only_sharp)})")
+    common = sorted(set(blur) & set(sharp))
+    if not common:
+        raise SystemExit(f"error: no file name appears in both {str(blur_dir)!r} and {str(sharp_dir)!r}; "
+                         "pairs must share a file name (e.g. blur/0001.png and sharp/0001.png)")
+    return [(n, blur[n], sharp[n]) for n in common]
+
+
+def _load_pairs(pairs: Sequence[tuple[str, Path, Path]]) -> tuple[list[tuple[str, Path, Path]], list]:
+    files = [b for _, b, _ in pairs] + [s for _, _, s in pairs]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(read_image, files))
+    n = len(pairs)
+    kept, images, bad = [], [], []
+    for i, pair in enumerate(pairs):
+        b, s = decoded[i], decoded[n + i]
+        if b is None or s is None:
+            bad.append(pair[0])
+        elif b.shape != s.shape:
+            bad.append(pair[0] + " (sizes differ)")
+        else:
+            kept.append(pair)
+            images.append((b, s))
+    if bad:
+        warn(f"skipped {len(bad)} unreadable, corrupt or mismatched pairs ({', '.join(bad[:3])}"
+             f"{', ...' if len(bad) > 3 else ''})")
+    return kept, images
+
+
+def _load_paired(blur_dir: str, sharp_dir: str, val_fraction: float) -> DataSource:
+    pairs = match_pairs(Path(blur_dir), Path(sharp_dir))
+    by_name = {n: (n, b, s) for n, b, s in pairs}
+    train_names, val_names = split_names(list(by_name), val_fraction)
+    train_pairs, train_images = _load_pairs([by_name[n] for n in train_names])
+    val_pairs, val_images = _load_pairs([by_name[n] for n in val_names])
+    if not train_images:
+        raise SystemExit(f"error: no readable pairs in {blur_dir!r} / {sharp_dir!r}; check the files")
+    describe = {"kind": "paired", "root": [str(blur_dir), str(sharp_dir)],
+                "train": _file_fingerprint([p for _, b, s in train_pairs for p in (b, s)]),
+                "val": _file_fingerprint([p for _, b, s in val_pairs for p in (b, s)])}
+    return DataSource("paired", [b for _, b, _ in train_pairs], [b for _, b, _ in val_pairs],
+                      train_images, val_images, describe)
+
+
+def train_dataset(source: DataSource, *, crop: int, degradation: str, seed: int,
+                  crops_per_image: int, resize: int | None = None) -> Dataset:
+    if source.kind == "paired":
+        return PairedCrops(source.train_images, crop, seed, crops_per_image, resize=resize)
+    if source.kind == "unpaired":
+        return UnpairedCrops(source.train_images, crop, seed, crops_per_image)
+    return SyntheticPairs(source.train_images, crop, degradation, seed, crops_per_image)
+
+
+def validation_batch(source: DataSource, *, crop: int, degradation: str, seed: int,
+                     crops_per_image: int = 2, resize: int | None = None) -> tuple[torch.Tensor, ...]:
+    """A fixed validation set as stacked tensors: the same crops and degradations every call."""
+    images = source.val_images
+    if not images:
+        return ()
+    # A different seed stream from training, fixed forever, without augmentation.
+    val_seed = seed + 7919
+    if source.kind == "paired":
+        ds: Dataset = PairedCrops(images, crop, val_seed, crops_per_image, resize=resize, augment=False)
+    elif source.kind == "unpaired":
+        ds = UnpairedCrops(images, crop, val_seed, crops_per_image, augment=False)
+    else:
+        ds = SyntheticPairs(images, crop, degradation, val_seed, crops_per_image, augment=False)
+    samples = [ds[i] for i in range(len(ds))]
+    return tuple(torch.stack(parts) for parts in zip(*samples))
