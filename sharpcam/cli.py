@@ -1,0 +1,249 @@
+"""The ``sharpcam`` command: argument parsing, setup order and error reporting.
+
+Everything that can be checked before capture starts is checked first (output
+path, display for the preview, model contract), so a bad setup costs the
+user one clear line and no traceback.  ``sharpcam bench`` is a subcommand.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import Optional, Sequence
+
+from . import DEFAULT_MODEL, __version__
+from .controls import HOTKEY_HELP, MODES, ControlState, Controls, TerminalKeys
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed as one `sharpcam: error:` line."""
+
+
+def _tile(value: str):
+    if value == "auto":
+        return None
+    try:
+        tile = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a pixel size, 0 (whole frame) or auto") from None
+    if tile < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return tile
+
+
+def _strength(value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number in [0, 2]") from None
+    if not 0.0 <= s <= 2.0:
+        raise argparse.ArgumentTypeError("must be in [0, 2]")
+    return s
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a positive integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return n
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
+                   help="student ONNX model (default: the one shipped with sharpcam)")
+    g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="execution provider: auto picks CUDA, DirectML, CoreML or OpenVINO when installed")
+    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads for inference (default: onnxruntime's choice)")
+    g.add_argument("--receptive-radius", type=int, default=None, metavar="PX",
+                   help=argparse.SUPPRESS)  # for foreign models without SharpCam metadata
+    g.add_argument("--size-multiple", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sharpcam",
+        description="Real-time learned sharpening for your webcam, sent to a virtual camera "
+                    "named SharpCam. `sharpcam bench` measures speed on this machine.",
+        epilog=HOTKEY_HELP + " (in the terminal or the preview window)")
+    p.add_argument("--version", action="version", version=f"sharpcam {__version__}")
+    src = p.add_argument_group("source (default: webcam 0)")
+    src.add_argument("--camera", default="0", metavar="DEV", help="webcam index or device path")
+    src.add_argument("--input", metavar="FILE", help="read a video file instead of a webcam")
+    src.add_argument("--loop", action="store_true", help="loop the --input file")
+    src.add_argument("--demo", action="store_true",
+                     help="built-in demo: a moving, webcam-degraded photo; needs no hardware")
+    src.add_argument("--list-cameras", action="store_true", help="list webcams and exit")
+    src.add_argument("--width", type=_positive_int, default=1280, help="requested width (default 1280)")
+    src.add_argument("--height", type=_positive_int, default=720, help="requested height (default 720)")
+    src.add_argument("--fps", type=float, default=30.0, help="requested frame rate (default 30)")
+    src.add_argument("--no-mjpg", dest="mjpg", action="store_false",
+                     help="do not ask the webcam for MJPG (which allows higher rates over USB)")
+    src.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    add_model_options(p)
+    proc = p.add_argument_group("processing")
+    proc.add_argument("--tile", type=_tile, default=None, metavar="N",
+                      help="tile size in pixels, 0 = whole frame, auto (default) = the faster, measured at start")
+    proc.add_argument("--strength", type=_strength, default=1.0, help="0..2, default 1")
+    proc.add_argument("--mode", choices=MODES, default="on", help="start mode (default on)")
+    proc.add_argument("--mirror", action="store_true", help="mirror the image")
+    out = p.add_argument_group("output")
+    out.add_argument("--vcam", dest="vcam", action="store_true", default=None,
+                     help="send to the virtual camera (default unless making a file from --input/--demo)")
+    out.add_argument("--no-vcam", dest="vcam", action="store_false", help="do not open a virtual camera")
+    out.add_argument("--cam-device", metavar="NAME", help="virtual camera device, e.g. /dev/video10")
+    out.add_argument("--preview", action="store_true", help="show a preview window")
+    out.add_argument("--output", metavar="FILE", help="also write the result to a video file")
+    out.add_argument("--max-frames", type=_positive_int, default=None, metavar="N",
+                     help="stop after N frames")
+    return p
+
+
+def error(message: str, code: int = 1) -> int:
+    print(f"sharpcam: error: {message}", file=sys.stderr)
+    return code
+
+
+def note(message: str) -> None:
+    print(f"sharpcam: {message}", file=sys.stderr)
+
+
+def list_cameras_command() -> int:
+    from .sources import list_cameras
+    cams = list_cameras()
+    if not cams:
+        print("no cameras found (none connected, or all in use); try `sharpcam --demo`")
+        return 1
+    for device, desc in cams:
+        print(f"{device}: {desc}")
+    return 0
+
+
+DEMO_FILE_FRAMES = 300
+
+
+def run(args) -> int:
+    from .engine import Engine, ModelError
+    from .pipeline import Pipeline, Progress, StatusLine
+    from .sharpen import Sharpener
+    from .sinks import (PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
+                        VirtualCameraUnavailable, check_output_path, display_problem)
+    from .sources import CameraSource, DemoSource, SourceError, VideoFileSource
+
+    if args.input and args.demo:
+        raise UsageError("use either --input or --demo, not both")
+    if args.loop and not args.input:
+        raise UsageError("--loop only applies to --input FILE")
+    file_mode = bool(args.output) and (args.input or args.demo) and not args.preview and not args.vcam
+    want_vcam = (not file_mode) if args.vcam is None else args.vcam
+
+    # Checks that need nothing opened come first.
+    if args.output:
+        problem = check_output_path(args.output)
+        if problem:
+            raise UsageError(problem)
+    if args.preview:
+        problem = display_problem()
+        if problem:
+            raise UsageError(problem)
+
+    try:
+        engine = Engine(args.model, device=args.device, threads=args.threads,
+                        receptive_radius=args.receptive_radius, size_multiple=args.size_multiple)
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+    note("model " + engine.describe())
+
+    if args.demo:
+        source = DemoSource(width=args.width, height=args.height, fps=args.fps, seed=args.seed)
+    elif args.input:
+        source = VideoFileSource(args.input, loop=args.loop)
+    else:
+        source = CameraSource(args.camera, width=args.width, height=args.height, fps=args.fps,
+                              mjpg=args.mjpg)
+    controls = Controls(ControlState(mode=args.mode, strength=args.strength, mirror=args.mirror))
+    max_frames = args.max_frames
+    if file_mode and args.demo and max_frames is None:
+        max_frames = DEMO_FILE_FRAMES
+        note(f"demo to file: {DEMO_FILE_FRAMES} frames (use --max-frames to change)")
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(source)
+        except SourceError as exc:
+            raise UsageError(str(exc)) from None
+        note(source.describe())
+
+        sharpener = Sharpener(engine, tile=args.tile)
+        warm_ms = sharpener.warm_up(source.height, source.width)
+        if sharpener.choice_note:
+            note(sharpener.choice_note)
+        tiler = sharpener.tiler(source.height, source.width)
+        note(f"tiling: {tiler.describe()}; warm-up {warm_ms:.0f} ms")
+
+        sinks = []
+        if want_vcam:
+            try:
+                vcam = stack.enter_context(VirtualCameraSink(
+                    source.width, source.height, source.fps, device=args.cam_device))
+                sinks.append(vcam)
+                note(f"sending to {vcam.describe()} - pick it as the camera in your call app")
+            except VirtualCameraUnavailable as exc:
+                if not (args.preview or args.output):
+                    raise UsageError(str(exc)) from None
+                note(f"{exc}\nsharpcam: continuing with "
+                     + " and ".join(n for n, on in (("the preview", args.preview), ("--output", args.output)) if on))
+        if args.preview:
+            sinks.append(stack.enter_context(PreviewSink(controls.press, on_close=controls.quit.set)))
+        if args.output:
+            try:
+                sinks.append(stack.enter_context(
+                    VideoFileSink(args.output, source.width, source.height, source.fps)))
+            except SinkError as exc:
+                raise UsageError(str(exc)) from None
+        if not sinks:
+            raise UsageError("nothing to send frames to: drop --no-vcam, or add --preview or --output FILE")
+
+        status = StatusLine()
+        pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames)
+        if file_mode:
+            total = getattr(source, "frame_count", 0) or 0
+            if max_frames:
+                total = min(total, max_frames) if total else max_frames
+            summary = pipeline.run_file(Progress(total, status))
+            print(summary.line(), flush=True)
+        else:
+            keys = stack.enter_context(TerminalKeys(controls))
+            if keys.active or args.preview:
+                note(HOTKEY_HELP)
+            summary = pipeline.run_live()
+            note(f"stopped: {summary.line()} dropped={summary.dropped}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["bench"]:
+            from .bench import bench_main
+            return bench_main(argv[1:])
+        args = build_parser().parse_args(argv)
+        if args.list_cameras:
+            return list_cameras_command()
+        return run(args)
+    except UsageError as exc:
+        return error(str(exc))
+    except KeyboardInterrupt:
+        # The with-blocks above have already released the camera and virtual camera.
+        print("", file=sys.stderr)
+        note("interrupted, camera and virtual camera released")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The pipeline: owns the capture thread and the loop that moves frames
+source → sharpener → sinks, and reports what it does.
+
+Live mode: a capture thread keeps only the newest frame in a one-slot
+buffer; the processing loop takes whatever is newest, so when processing is
+slower than the camera, frames are dropped rather than delayed and latency
+stays bounded.  If the camera is lost, the sinks keep receiving the last
+frame with a "camera lost" note while the capture thread reconnects with
+back-off.  File mode: every frame, as fast as possible, in one thread.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from .controls import Controls
+from .sharpen import Sharpener
+
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0, 5.0)
+LOST_NOTE = "camera lost - reconnecting"
+
+
+@dataclass
+class Summary:
+    frames: int = 0
+    seconds: float = 0.0
+    model_ms: float = 0.0
+    dropped: int = 0
+    reconnects: int = 0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return f"frames={self.frames} fps={self.fps:.1f} model_ms={self.model_ms:.1f}"
+
+
+class FrameSlot:
+    """Holds only the newest frame; readers wait for one newer than they have seen."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._frame = None
+        self._seq = 0
+
+    def put(self, frame: np.ndarray) -> None:
+        with self._cond:
+            self._frame = frame
+            self._seq += 1
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def newer_than(self, seq: int, timeout: float):
+        """(seq, frame) of the newest frame if newer than ``seq``, else None after ``timeout``."""
+        with self._cond:
+            if self._seq <= seq:
+                self._cond.wait(timeout)
+            if self._seq <= seq:
+                return None
+            return self._seq, self._frame
+
+
+class RateMeter:
+    """Frames per second over a sliding window of recent events."""
+
+    def __init__(self, window: float = 2.0, clock: Callable[[], float] = time.perf_counter):
+        self._window, self._clock = window, clock
+        self._times = []
+
+    def tick(self) -> None:
+        now = self._clock()
+        self._times.append(now)
+        while self._times and now - self._times[0] > self._window:
+            self._times.pop(0)
+
+    @property
+    def rate(self) -> float:
+        if len(self._times) < 2:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+class StatusLine:
+    """One status line: rewritten in place on a terminal, at most one line a second otherwise."""
+
+    def __init__(self, stream=None, clock: Callable[[], float] = time.monotonic):
+        self.stream = sys.stderr if stream is None else stream
+        self._clock = clock
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._interval = 0.25 if self.tty else 1.0
+        self._last = -1e9
+        self._width = 0
+        self.last_text = ""
+
+    def update(self, text: str, force: bool = False) -> None:
+        now = self._clock()
+        if not force and now - self._last < self._interval:
+            return
+        self._last = now
+        self.last_text = text
+        if self.tty:
+            pad = max(0, self._width - len(text))
+            self.stream.write("\r" + text + " " * pad)
+            self._width = len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0
+
+
+class Progress:
+    """A progress bar for file mode (on a terminal; plain lines once a second otherwise)."""
+
+    def __init__(self, total: int, status: StatusLine):
+        self.total, self.status = total, status
+
+    def update(self, done: int, fps: float, force: bool = False) -> None:
+        if self.total:
+            frac = min(1.0, done / self.total)
+            bar = "#" * int(frac * 30)
+            text = f"[{bar:<30}] {done}/{self.total} frames {fps:.1f} fps"
+        else:
+            text = f"{done} frames {fps:.1f} fps"
+        self.status.update(text, force=force)
+
+
+def draw_lost_note(frame: np.ndarray) -> np.ndarray:
+    out = frame.copy()
+    h = out.shape[0]
+    scale = max(0.4, h / 900)
+    (tw, th), base = cv2.getTextSize(LOST_NOTE, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = 10, h - 10
+    cv2.rectangle(out, (x - 4, y - th - 6), (x + tw + 4, y + base), (0, 0, 0), cv2.FILLED)
+    cv2.putText(out, LOST_NOTE, (x, y - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return out
+
+
+class Pipeline:
+    """Moves frames from one source through the sharpener to every sink.
+
+    ``run_live`` paces at the source rate with a capture thread;
+    ``run_file`` processes every frame as fast as it can.  Both stop at
+    ``max_frames`` processed frames, at the end of a finite source, or when
+    the controls ask to quit.  ``wait`` is how the capture thread sleeps
+    (an Event's wait, so stopping interrupts it); tests inject their own.
+    """
+
+    def __init__(self, source, sharpener: Sharpener, controls: Controls, sinks: Sequence, *,
+                 status: Optional[StatusLine] = None, max_frames: Optional[int] = None,
+                 reconnect_delays: Sequence[float] = RECONNECT_DELAYS):
+        self.source = source
+        self.sharpener = sharpener
+        self.controls = controls
+        self.sinks = list(sinks)
+        self.status = status
+        self.max_frames = max_frames
+        self.reconnect_delays = tuple(reconnect_delays)
+        self.summary = Summary()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._ended = threading.Event()
+        self._slot = FrameSlot()
+        self._input_rate = RateMeter()
+        self._output_rate = RateMeter()
+        self._model_ms_total = 0.0
+        self._model_runs = 0
+        self.capture_error: Optional[BaseException] = None
+
+    # -- shared per-frame work -------------------------------------------------
+    def _process_and_send(self, frame: np.ndarray) -> np.ndarray:
+        state = self.controls.next_frame()
+        out = self.sharpener.process(frame, state)
+        if self.sharpener.model_ms:
+            self._model_ms_total += self.sharpener.model_ms
+            self._model_runs += 1
+        for sink in self.sinks:
+            sink.send(out)
+        self.summary.frames += 1
+        self._output_rate.tick()
+        return out
+
+    def _finish(self, start: float) -> Summary:
+        self.summary.seconds = time.perf_counter() - start
+        self.summary.model_ms = self._model_ms_total / self._model_runs if self._model_runs else 0.0
+        return self.summary
+
+    def _done(self) -> bool:
+        return self.controls.quit.is_set() or (
+            self.max_frames is not None and self.summary.frames >= self.max_frames)
+
+    # -- file mode ---------------------------------------------------------------
+    def run_file(self, progress: Optional[Progress] = None) -> Summary:
+        start = time.perf_counter()
+        try:
+            while not self._done():
+                frame = self.source.read()
+                if frame is None:
+                    break
+                self._process_and_send(frame)
+                if progress is not None:
+                    progress.update(self.summary.frames, self._output_rate.rate)
+        finally:
+            self._finish(start)
+            if progress is not None:
+                progress.update(self.summary.frames, self.summary.fps, force=True)
+                progress.status.finish()
+        return self.summary
+
+    # -- live mode ---------------------------------------------------------------
+    def _capture(self) -> None:
+        try:
+            interval = 0.0 if self.source.self_paced else 1.0 / self.source.fps
+            due = time.perf_counter()
+            while not self._stop.is_set():
+                frame = self.source.read()
+                if frame is None:
+                    if self.source.finite:
+                        break
+                    self._reconnect()
+                    due = time.perf_counter()
+                    continue
+                self._slot.put(frame)
+                self._input_rate.tick()
+                if interval:
+                    due += interval
+                    delay = due - time.perf_counter()
+                    if delay > 0:
+                        self._stop.wait(delay)
+                    elif delay < -interval:
+                        due = time.perf_counter()  # fell behind: do not burst to catch up
+        except BaseException as exc:  # surfaced by run_live in the main thread
+            self.capture_error = exc
+        finally:
+            self._ended.set()
+            self._slot.wake()
+
+    def _reconnect(self) -> None:
+        self.lost.set()
+        self._slot.wake()
+        attempt = 0
+        while not self._stop.is_set():
+            delay = self.reconnect_delays[min(attempt, len(self.reconnect_delays) - 1)]
+            attempt += 1
+            if self._stop.wait(delay):
+                return
+            try:
+                ok = self.source.reopen()
+            except Exception:
+                ok = False
+            if ok:
+                self.summary.reconnects += 1
+                self.lost.clear()
+                return
+
+    def _status_text(self, state) -> str:
+        src = self.source
+        text = (f"in {src.width}x{src.height} {self._input_rate.rate:4.1f} fps | "
+                f"out {self._output_rate.rate:4.1f} fps | model {self.sharpener.model_ms:5.1f} ms | "
+                f"dropped {self.summary.dropped} | {state.describe()}")
+        if self.lost.is_set():
+            text += " | camera lost, reconnecting"
+        return text
+
+    def run_live(self) -> Summary:
+        start = time.perf_counter()
+        capture = threading.Thread(target=self._capture, name="sharpcam-capture", daemon=True)
+        capture.start()
+        seen = 0
+        last_out = None
+        lost_frame = None
+        period = 1.0 / max(1.0, float(self.source.fps))
+        try:
+            while not self._done():
+                item = self._slot.newer_than(seen, timeout=period)
+                if item is None:
+                    if self._ended.is_set():
+                        break
+                    if self.lost.is_set() and last_out is not None:
+                        # Keep the virtual camera alive: apps drop a camera that stops sending.
+                        if lost_frame is None:
+                            lost_frame = draw_lost_note(last_out)
+                        for sink in self.sinks:
+                            sink.send(lost_frame)
+                    self._poll_idle_sinks()
+                    if self.status is not None:
+                        self.status.update(self._status_text(self.controls.state))
+                    continue
+                seq, frame = item
+                self.summary.dropped += seq - seen - 1
+                seen = seq
+                lost_frame = None
+                last_out = self._process_and_send(frame)
+                if self.status is not None:
+                    self.status.update(self._status_text(self.controls.state))
+        finally:
+            self._stop.set()
+            self._slot.wake()
+            capture.join(timeout=5.0)
+            if self.status is not None:
+                self.status.update(self._status_text(self.controls.state), force=True)
+                self.status.finish()
+            self._finish(start)
+        if self.capture_error is not None:
+            raise self.capture_error
+        return self.summary
+
+    def _poll_idle_sinks(self) -> None:
+        # A preview must keep handling keys even while no frame arrives.
+        for sink in self.sinks:
+            poll = getattr(sink, "poll_keys", None)
+            if poll is not None:
+                poll()

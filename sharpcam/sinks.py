@@ -1,0 +1,237 @@
+"""Frame sinks: the virtual camera, a preview window and a video file.
+
+Each sink takes BGR uint8 H×W×3 frames through ``send(frame)`` and is used
+as a context manager.  This module also owns the checks that must happen
+before anything opens: whether a display is reachable for the preview (Qt
+aborts the whole process otherwise) and whether the output path is writable.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+
+
+class SinkError(Exception):
+    """A sink cannot be opened; the message says what to do."""
+
+
+class VirtualCameraUnavailable(SinkError):
+    """No virtual-camera backend could be opened on this machine."""
+
+
+def virtual_camera_guidance(system: Optional[str] = None) -> str:
+    system = system or platform.system()
+    if system == "Linux":
+        how = ("load the v4l2loopback driver: "
+               "`sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=SharpCam` "
+               "(install it with `sudo apt install v4l2loopback-dkms`; some Zoom builds list the "
+               "camera only when loaded without exclusive_caps=1)")
+    elif system in ("Windows", "Darwin"):
+        how = ("install OBS Studio (https://obsproject.com) and click 'Start Virtual Camera' "
+               "once, then close OBS")
+    else:
+        how = "install a virtual camera supported by pyvirtualcam"
+    return (f"no virtual camera available: {how}; then rerun sharpcam. "
+            "To just look at the result, use --preview (or --output FILE)")
+
+
+class VirtualCameraSink:
+    """Frames to a virtual camera through pyvirtualcam, in BGR to skip a conversion."""
+
+    def __init__(self, width: int, height: int, fps: float, *, device: Optional[str] = None,
+                 backend: Optional[str] = None):
+        self.width, self.height, self.fps = width, height, fps
+        self.device, self.backend = device, backend
+        self._cam = None
+
+    def open(self) -> "VirtualCameraSink":
+        import pyvirtualcam
+        try:
+            self._cam = pyvirtualcam.Camera(self.width, self.height, self.fps,
+                                            fmt=pyvirtualcam.PixelFormat.BGR,
+                                            device=self.device, backend=self.backend)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())
+            if self.device:
+                raise VirtualCameraUnavailable(
+                    f"virtual camera {self.device!r} cannot be opened ({detail}); check the name "
+                    "with `v4l2-ctl --list-devices` or drop --cam-device") from None
+            raise VirtualCameraUnavailable(virtual_camera_guidance()) from None
+        return self
+
+    def send(self, frame: np.ndarray) -> None:
+        self._cam.send(frame)
+
+    def describe(self) -> str:
+        if self._cam is None:
+            return "virtual camera (closed)"
+        return f"virtual camera {self._cam.device} ({self._cam.backend}) {self.width}x{self.height}@{self.fps:g}"
+
+    def close(self) -> None:
+        if self._cam is not None:
+            self._cam.close()
+            self._cam = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+
+def display_problem(timeout: float = 15.0) -> Optional[str]:
+    """Why a preview window cannot open here, or None if it can.
+
+    OpenCV's Qt backend calls abort() when it cannot reach a display, which
+    no Python code can catch, so the probe opens a window in a subprocess.
+    """
+    system = platform.system()
+    if system in ("Windows", "Darwin"):
+        return None
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        return ("--preview needs a display, and neither DISPLAY nor WAYLAND_DISPLAY is set "
+                "(over ssh use `ssh -X`; on a headless machine use --output FILE instead)")
+    probe = ("import cv2; cv2.namedWindow('sharpcam-probe', cv2.WINDOW_AUTOSIZE); "
+             "cv2.waitKey(1); cv2.destroyAllWindows()")
+    try:
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "--preview: opening a test window timed out; the display does not answer"
+    if result.returncode != 0:
+        where = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        return (f"--preview cannot open a window on display {where!r} (is it running and are "
+                "you allowed to use it?); use --output FILE instead")
+    return None
+
+
+class PreviewSink:
+    """An OpenCV window; keys pressed in it go to the controls like terminal keys."""
+
+    def __init__(self, on_key: Callable[[str], None], *, title: str = "SharpCam preview",
+                 on_close: Optional[Callable[[], None]] = None):
+        self.title = title
+        self._on_key = on_key
+        self._on_close = on_close
+        self._open = False
+        self._shown = 0
+
+    def open(self) -> "PreviewSink":
+        cv2.namedWindow(self.title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
+        self._open = True
+        return self
+
+    def send(self, frame: np.ndarray) -> None:
+        cv2.imshow(self.title, frame)
+        self._shown += 1
+        self.poll_keys()
+
+    def poll_keys(self) -> None:
+        key = cv2.waitKey(1)
+        if key is not None and key >= 0:
+            code = key & 0xFF
+            self._on_key(chr(code))
+        # Closing the window with the mouse means "quit", as in most preview tools.
+        if self._shown > 1 and cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+            if self._on_close is not None:
+                self._on_close()
+
+    def describe(self) -> str:
+        return f"preview window '{self.title}'"
+
+    def close(self) -> None:
+        if self._open:
+            cv2.destroyWindow(self.title)
+            cv2.waitKey(1)
+            self._open = False
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+
+VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+
+
+def check_output_path(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written as a video, or None if it can."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in VIDEO_CODECS:
+        return (f"--output {path}: unknown video type {ext or '(none)'!r}; "
+                f"use one of {', '.join(sorted(VIDEO_CODECS))}")
+    if os.path.isdir(path):
+        return f"--output {path} is a directory; give a file name such as {os.path.join(path, 'out.mp4')}"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"--output {path}: folder {folder} does not exist; create it first"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"--output {path}: no permission to write there; choose another path"
+    return None
+
+
+class VideoFileSink:
+    """Frames to a video file, written under a temporary name and renamed when complete,
+    so an interrupted run never leaves a broken file under the requested name."""
+
+    def __init__(self, path: str, width: int, height: int, fps: float):
+        self.path = os.fspath(path)
+        self.width, self.height, self.fps = width, height, fps
+        folder, name = os.path.split(os.path.abspath(self.path))
+        stem, ext = os.path.splitext(name)
+        self.partial_path = os.path.join(folder, f".{stem}.partial{ext}")
+        self._writer = None
+        self.frames = 0
+
+    def open(self) -> "VideoFileSink":
+        problem = check_output_path(self.path)
+        if problem:
+            raise SinkError(problem)
+        codec = VIDEO_CODECS[os.path.splitext(self.path)[1].lower()]
+        writer = cv2.VideoWriter(self.partial_path, cv2.VideoWriter_fourcc(*codec), self.fps,
+                                 (self.width, self.height))
+        if not writer.isOpened():
+            writer.release()
+            self._remove_partial()
+            raise SinkError(f"--output {self.path}: OpenCV cannot encode {codec} video here; try a .avi name")
+        self._writer = writer
+        return self
+
+    def send(self, frame: np.ndarray) -> None:
+        self._writer.write(frame)
+        self.frames += 1
+
+    def describe(self) -> str:
+        return f"video file {self.path} {self.width}x{self.height}@{self.fps:g}"
+
+    def _remove_partial(self) -> None:
+        try:
+            os.remove(self.partial_path)
+        except FileNotFoundError:
+            pass
+
+    def close(self, complete: bool = True) -> None:
+        if self._writer is None:
+            return
+        self._writer.release()
+        self._writer = None
+        if complete and self.frames > 0:
+            os.replace(self.partial_path, self.path)
+        else:
+            self._remove_partial()
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        # Ctrl-C ends a recording the user chose to stop: keep it. Any other error: drop it.
+        self.close(complete=exc_type is None or issubclass(exc_type, KeyboardInterrupt))
+        return False
