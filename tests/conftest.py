@@ -88,3 +88,87 @@ def engine(test_model):
     from sharpcam.engine import Engine
     with Engine(test_model, device="cpu", threads=2) as eng:
         yield eng
+
+
+def _free_display_number():
+    import os
+    for n in range(90, 200):
+        if not os.path.exists(f"/tmp/.X{n}-lock") and not os.path.exists(f"/tmp/.X11-unix/X{n}"):
+            return n
+    raise RuntimeError("no free X display number between :90 and :199")
+
+
+@pytest.fixture(scope="session")
+def xvfb_display():
+    """A private Xvfb server; sets DISPLAY for the session and tears the server down after."""
+    import os
+    import shutil
+    import subprocess
+    import time
+
+    binary = shutil.which("Xvfb")
+    assert binary, "Xvfb is not installed (apt-get install xvfb); the preview tests need it"
+    number = _free_display_number()
+    display = f":{number}"
+    proc = subprocess.Popen([binary, display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    socket = f"/tmp/.X11-unix/X{number}"
+    deadline = time.monotonic() + 20
+    while not os.path.exists(socket):  # readiness, not a timing assumption
+        assert proc.poll() is None, f"Xvfb {display} exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"Xvfb {display} did not create {socket}"
+        time.sleep(0.05)
+    old = os.environ.get("DISPLAY")
+    os.environ["DISPLAY"] = display
+    try:
+        yield display
+    finally:
+        if old is None:
+            os.environ.pop("DISPLAY", None)
+        else:
+            os.environ["DISPLAY"] = old
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class XKeyboard:
+    """Injects real key events into an X server through the XTEST extension."""
+
+    def __init__(self, display):
+        import ctypes
+        self._x = ctypes.cdll.LoadLibrary("libX11.so.6")
+        self._xt = ctypes.cdll.LoadLibrary("libXtst.so.6")
+        self._x.XOpenDisplay.restype = ctypes.c_void_p
+        self._x.XOpenDisplay.argtypes = [ctypes.c_char_p]
+        self._x.XStringToKeysym.restype = ctypes.c_ulong
+        self._x.XStringToKeysym.argtypes = [ctypes.c_char_p]
+        self._x.XKeysymToKeycode.argtypes = [ctypes.c_void_p, ctypes.c_ulong]
+        self._x.XKeysymToKeycode.restype = ctypes.c_ubyte
+        self._x.XFlush.argtypes = [ctypes.c_void_p]
+        self._x.XCloseDisplay.argtypes = [ctypes.c_void_p]
+        self._xt.XTestFakeKeyEvent.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_ulong]
+        self._xt.XTestFakeMotionEvent.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                                                  ctypes.c_int, ctypes.c_ulong]
+        self._d = self._x.XOpenDisplay(display.encode())
+        assert self._d, f"cannot open X display {display}"
+
+    def point_at(self, x, y):
+        # Without a window manager, keyboard focus follows the pointer.
+        self._xt.XTestFakeMotionEvent(self._d, -1, x, y, 0)
+        self._x.XFlush(self._d)
+
+    def tap(self, keysym: str):
+        code = self._x.XKeysymToKeycode(self._d, self._x.XStringToKeysym(keysym.encode()))
+        self._xt.XTestFakeKeyEvent(self._d, code, 1, 0)
+        self._xt.XTestFakeKeyEvent(self._d, code, 0, 0)
+        self._x.XFlush(self._d)
+
+    def close(self):
+        self._x.XCloseDisplay(self._d)
+
+
+@pytest.fixture
+def x_keyboard(xvfb_display):
+    kb = XKeyboard(xvfb_display)
+    yield kb
+    kb.close()

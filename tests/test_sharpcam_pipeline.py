@@ -1,0 +1,293 @@
+"""The pipeline end to end: file mode through the CLI, live mode with fake sources."""
+import io
+import re
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from sharpcam.cli import main
+from sharpcam.controls import ControlState, Controls
+from sharpcam.pipeline import FrameSlot, Pipeline, StatusLine
+from sharpcam.sharpen import Sharpener
+from sharpcam.sinks import VideoFileSink
+
+
+def write_clip(path, frames=12, size=(160, 96), fps=15):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def video_facts(path):
+    cap = cv2.VideoCapture(str(path))
+    count, shape = 0, None
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        count, shape = count + 1, frame.shape
+    cap.release()
+    return count, shape
+
+
+def test_file_mode_keeps_every_frame_and_prints_summary(tmp_path, capsys, test_model):
+    clip = write_clip(tmp_path / "clip.avi", frames=12)
+    out = tmp_path / "out.mp4"
+    assert main(["--input", str(clip), "--output", str(out), "--model", str(test_model)]) == 0
+    stdout = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"frames=12 fps=\d+\.\d model_ms=\d+\.\d", stdout[-1])
+    assert video_facts(out) == (12, (96, 160, 3))
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_demo_to_file_with_max_frames(tmp_path, capsys, test_model):
+    out = tmp_path / "demo.avi"
+    rc = main(["--demo", "--output", str(out), "--max-frames", "5", "--width", "192", "--height",
+               "108", "--model", str(test_model), "--tile", "64"])
+    assert rc == 0
+    assert capsys.readouterr().out.startswith("frames=5 ")
+    assert video_facts(out) == (5, (108, 192, 3))
+
+
+def test_output_is_sharpened_not_copied(tmp_path, test_model):
+    clip = write_clip(tmp_path / "clip.avi", frames=3)
+    on, off = tmp_path / "on.avi", tmp_path / "off.avi"
+    base = ["--input", str(clip), "--model", str(test_model)]
+    assert main(base + ["--output", str(on)]) == 0
+    assert main(base + ["--output", str(off), "--mode", "off"]) == 0
+    a, b = cv2.VideoCapture(str(on)).read()[1], cv2.VideoCapture(str(off)).read()[1]
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 2
+
+
+def test_unwritable_output_fails_before_capture(tmp_path, capsys, test_model):
+    # Camera 97 does not exist: the error must be about the output, found first.
+    rc = main(["--camera", "97", "--output", str(tmp_path / "no" / "such" / "out.mp4"),
+               "--model", str(test_model)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "does not exist" in err and "camera" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model", "/nonexistent/student.onnx", "--demo"], "model file not found"),
+    (["--camera", "97", "--no-vcam", "--output", "x.mp4"], "--list-cameras"),
+    (["--input", "/nonexistent.mp4", "--output", "x.mp4"], "input file not found"),
+    (["--demo", "--output", "x.txt"], "unknown video type"),
+])
+def test_setup_errors_are_one_clear_line(args, needle, tmp_path, monkeypatch, capsys, test_model):
+    monkeypatch.chdir(tmp_path)
+    if "--model" not in args:
+        args = args + ["--model", str(test_model)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sharpcam: error:") and needle in err[-1]
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_bad_strength_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--strength", "3"])
+    assert exc.value.code == 2 and "[0, 2]" in capsys.readouterr().err
+
+
+def test_video_sink_discards_partial_file_on_error(tmp_path):
+    path = tmp_path / "crash.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoFileSink(str(path), 32, 32, 10) as sink:
+            sink.send(np.zeros((32, 32, 3), np.uint8))
+            raise RuntimeError("boom")
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+# -- live mode with injected sources ----------------------------------------------
+
+class CountingSource:
+    """Frame k is filled with k % 256; optional hooks make it fail and come back."""
+    self_paced, finite, live = True, False, True
+
+    def __init__(self, fps=200.0, shape=(24, 32)):
+        self.fps = fps
+        self.height, self.width = shape
+        self.produced = 0
+        self.cond = threading.Condition()
+        self.fail_from = None
+        self.reopened = threading.Event()
+        self.allow_reconnect = threading.Event()
+        self.reopen_attempts = 0
+
+    def read(self):
+        if self.fail_from is not None and self.produced >= self.fail_from and not self.reopened.is_set():
+            return None
+        with self.cond:
+            frame = np.full((self.height, self.width, 3), self.produced % 256, np.uint8)
+            self.produced += 1
+            self.cond.notify_all()
+        return frame
+
+    def reopen(self):
+        self.reopen_attempts += 1
+        if not self.allow_reconnect.is_set():
+            return False
+        self.reopened.set()
+        return True
+
+    def wait_produced(self, n):
+        with self.cond:
+            self.cond.wait_for(lambda: self.produced >= n, timeout=10)
+
+
+class RecordingSink:
+    def __init__(self, on_frame=None):
+        self.frames = []
+        self.on_frame = on_frame
+
+    def send(self, frame):
+        self.frames.append(frame.copy())
+        if self.on_frame:
+            self.on_frame(frame)
+
+
+class Bypass:
+    """A sharpener stand-in in 'off' mode; optionally waits until the camera moved on."""
+    model_ms = 0.0
+
+    def __init__(self, source=None, lag=0):
+        self.source, self.lag = source, lag
+
+    def process(self, frame, state):
+        if self.source is not None:
+            self.source.wait_produced(int(frame[0, 0, 0]) + 1 + self.lag)
+        return frame
+
+
+def uniform(frame):
+    return frame.min() == frame.max()
+
+
+def test_frame_slot_keeps_only_the_newest():
+    slot = FrameSlot()
+    for k in range(5):
+        slot.put(np.full((2, 2, 3), k, np.uint8))
+    seq, frame = slot.newer_than(0, timeout=0)
+    assert seq == 5 and frame[0, 0, 0] == 4
+    assert slot.newer_than(5, timeout=0) is None
+
+
+def test_slow_processing_drops_frames_instead_of_queueing():
+    source = CountingSource()
+    sink = RecordingSink()
+    # Each frame is processed only after the camera has produced 3 more: the pipeline is "slow".
+    pipe = Pipeline(source, Bypass(source, lag=3), Controls(), [sink], max_frames=6)
+    summary = pipe.run_live()
+    values = [int(f[0, 0, 0]) for f in sink.frames]
+    assert summary.frames == 6 and len(values) == 6
+    assert all(b > a for a, b in zip(values, values[1:]))
+    assert summary.dropped >= 6  # at least 2 skipped per processed frame after the first
+    assert values[-1] - values[0] >= 2 * 5
+
+
+def test_camera_lost_keeps_frames_flowing_then_recovers():
+    source = CountingSource()
+    source.fail_from = 5
+
+    def on_frame(frame):
+        if not uniform(frame):  # the "camera lost" note is on it
+            source.allow_reconnect.set()
+
+    sink = RecordingSink(on_frame)
+    pipe = Pipeline(source, Bypass(), Controls(ControlState(mode="off")), [sink], max_frames=12,
+                    reconnect_delays=(0.001,))
+    summary = pipe.run_live()
+    flags = [uniform(f) for f in sink.frames]
+    first_lost = flags.index(False)
+    assert first_lost >= 1
+    assert flags[first_lost + 1:].count(True) >= 1, "no fresh frames after reconnecting"
+    resumed = [int(f[0, 0, 0]) for f in sink.frames[first_lost:] if uniform(f)]
+    assert resumed and resumed[0] >= 5
+    assert summary.reconnects == 1 and summary.frames == 12
+    assert source.reopen_attempts >= 1
+
+
+def test_quit_key_stops_live_pipeline():
+    source = CountingSource()
+    controls = Controls()
+
+    def on_frame(frame):
+        if len(sink.frames) == 3:
+            controls.press("q")
+
+    sink = RecordingSink(on_frame)
+    summary = Pipeline(source, Bypass(), controls, [sink]).run_live()
+    assert summary.frames == 3
+
+
+def test_key_applies_on_the_next_frame():
+    source = CountingSource()
+    controls = Controls(ControlState(mode="off"))
+    states = []
+
+    class StateRecorder:
+        model_ms = 0.0
+
+        def process(self, frame, state):
+            states.append(state.mirror)
+            if len(states) == 2:
+                controls.press("m")
+            return frame
+
+    Pipeline(source, StateRecorder(), controls, [RecordingSink()], max_frames=4).run_live()
+    assert states == [False, False, True, True]
+
+
+def test_live_pipeline_with_real_engine(engine):
+    source = CountingSource(shape=(40, 56))
+    sink = RecordingSink()
+    summary = Pipeline(source, Sharpener(engine, tile=32), Controls(), [sink], max_frames=3).run_live()
+    assert summary.frames == 3 and summary.model_ms > 0
+    assert sink.frames[0].shape == (40, 56, 3)
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_status_line_rate_limited_when_not_a_tty():
+    stream, clock = io.StringIO(), FakeClock()
+    status = StatusLine(stream, clock=clock)
+    for k in range(10):
+        clock.t = k * 0.2
+        status.update(f"frame {k}")
+    lines = stream.getvalue().splitlines()
+    assert lines == ["frame 0", "frame 5"]
+
+
+def test_status_line_rewrites_in_place_on_a_tty():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream, clock = Tty(), FakeClock()
+    status = StatusLine(stream, clock=clock)
+    status.update("a long line")
+    clock.t = 1.0
+    status.update("short")
+    status.finish()
+    assert stream.getvalue() == "\ra long line\rshort      \n"
+
+
+def test_bench_prints_a_table(capsys, test_model):
+    assert main(["bench", "--model", str(test_model), "--threads", "1", "--sizes", "64x48,96x64",
+                 "--seconds", "0", "--tile", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "off" in lines[1] and "unsharp" in lines[1] and "model tile 32" in lines[1] and "model whole" in lines[1]
+    assert lines[2].startswith("64x48") and lines[3].startswith("96x64")
+    assert lines[2].count("fps") == 4

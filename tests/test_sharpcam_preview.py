@@ -1,0 +1,72 @@
+"""The preview window and its hotkeys on a real (virtual) X display, and the display check."""
+import numpy as np
+
+from sharpcam.cli import main
+from sharpcam.controls import Controls
+from sharpcam.sinks import PreviewSink, display_problem
+
+
+def pump_until(sink, frame, controls, predicate, limit=400):
+    """Show frames (each call runs the window's event loop) until the controls change."""
+    for _ in range(limit):
+        sink.send(frame)
+        state = controls.next_frame()
+        if predicate(state):
+            return state
+    raise AssertionError(f"key never arrived; state is {controls.state}")
+
+
+def test_display_check_passes_under_xvfb(xvfb_display):
+    assert display_problem() is None
+
+
+def test_display_check_refuses_missing_display(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert "DISPLAY" in display_problem()
+
+
+def test_display_check_survives_unreachable_display(monkeypatch):
+    # Qt aborts a process that opens a window here; the probe keeps that out of our process.
+    monkeypatch.setenv("DISPLAY", ":250")
+    problem = display_problem()
+    assert problem is not None and ":250" in problem
+
+
+def test_cli_preview_without_display_is_one_clear_error(monkeypatch, capsys, test_model):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["--demo", "--preview", "--model", str(test_model)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sharpcam: error: --preview needs a display")
+    assert "Traceback" not in err
+
+
+def test_preview_hotkeys_through_x_events(x_keyboard):
+    controls = Controls()
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    with PreviewSink(controls.press, title="sharpcam-test") as sink:
+        for _ in range(5):
+            sink.send(frame)
+        x_keyboard.point_at(40, 40)
+        x_keyboard.tap("space")
+        assert pump_until(sink, frame, controls, lambda s: s.mode == "off").mode == "off"
+        x_keyboard.tap("s")
+        assert pump_until(sink, frame, controls, lambda s: s.mode == "split").mode == "split"
+        x_keyboard.tap("plus")
+        assert pump_until(sink, frame, controls, lambda s: s.strength > 1.0).strength == 1.1
+        x_keyboard.tap("m")
+        assert pump_until(sink, frame, controls, lambda s: s.mirror).mirror
+        x_keyboard.tap("q")
+        for _ in range(400):
+            sink.send(frame)
+            if controls.quit.is_set():
+                break
+        assert controls.quit.is_set()
+
+
+def test_cli_live_demo_with_preview(xvfb_display, capsys, test_model):
+    rc = main(["--demo", "--preview", "--no-vcam", "--model", str(test_model), "--width", "160",
+               "--height", "96", "--max-frames", "4"])
+    assert rc == 0
+    assert "stopped: frames=4" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""The virtual-camera sink through pyvirtualcam's real Camera with an in-process backend."""
+import numpy as np
+import pytest
+import pyvirtualcam
+from pyvirtualcam import camera as pvc_camera
+
+from sharpcam.cli import main
+from sharpcam.sinks import VirtualCameraSink, VirtualCameraUnavailable, virtual_camera_guidance
+
+
+class RecordingBackend:
+    """A pyvirtualcam backend (its documented duck type) that keeps what it is sent."""
+    instances = []
+
+    def __init__(self, *, width, height, fps, fourcc, device, **kw):
+        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+        self._device = device or "recorder0"
+        self.frames = []
+        self.closed = False
+        RecordingBackend.instances.append(self)
+
+    def send(self, frame):
+        self.frames.append(frame.copy())
+
+    def device(self):
+        return self._device
+
+    def native_fourcc(self):
+        return self.fourcc
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def only_recorder(monkeypatch):
+    """Replace every installed backend with the recorder (so no real device is touched)."""
+    monkeypatch.setattr(pvc_camera, "BACKENDS", {})
+    pyvirtualcam.register_backend("recorder", RecordingBackend)
+    RecordingBackend.instances = []
+    return RecordingBackend
+
+
+@pytest.fixture
+def no_backend(monkeypatch):
+    def refuse(**kw):
+        raise RuntimeError("device not found")
+    monkeypatch.setattr(pvc_camera, "BACKENDS", {})
+    pyvirtualcam.register_backend("v4l2loopback", refuse)
+
+
+def test_sink_sends_bgr_frames_through_pyvirtualcam(only_recorder):
+    frame = np.zeros((6, 8, 3), np.uint8)
+    frame[..., 0] = 200  # blue, in BGR
+    with VirtualCameraSink(8, 6, 30.0) as sink:
+        sink.send(frame)
+        assert "recorder" in sink.describe()
+    backend = only_recorder.instances[0]
+    assert backend.closed
+    assert backend.fourcc == pyvirtualcam.util.encode_fourcc(pyvirtualcam.PixelFormat.BGR.value)
+    assert len(backend.frames) == 1 and backend.frames[0].size == 6 * 8 * 3
+    assert backend.frames[0].reshape(6, 8, 3)[0, 0].tolist() == [200, 0, 0]
+
+
+def test_live_demo_to_virtual_camera(only_recorder, capsys, test_model):
+    rc = main(["--demo", "--model", str(test_model), "--width", "160", "--height", "96",
+               "--fps", "25", "--max-frames", "5"])
+    assert rc == 0
+    backend = only_recorder.instances[0]
+    assert backend.closed  # released on exit
+    assert (backend.width, backend.height, backend.fps) == (160, 96, 25.0)  # fps matched to source
+    assert len(backend.frames) == 5
+    err = capsys.readouterr().err
+    assert "pick it as the camera" in err and "stopped: frames=5" in err
+
+
+def test_no_backend_prints_guidance(no_backend, capsys, test_model):
+    rc = main(["--demo", "--model", str(test_model), "--width", "160", "--height", "96"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=SharpCam" in err
+    assert "--preview" in err
+
+
+def test_no_backend_continues_with_other_sinks(no_backend, tmp_path, capsys, test_model):
+    out = tmp_path / "o.avi"
+    rc = main(["--demo", "--vcam", "--output", str(out), "--model", str(test_model),
+               "--width", "160", "--height", "96", "--max-frames", "3"])
+    assert rc == 0 and out.exists()
+    assert "continuing with --output" in capsys.readouterr().err
+
+
+def test_no_backend_raises_typed_error(no_backend):
+    with pytest.raises(VirtualCameraUnavailable, match="modprobe"):
+        VirtualCameraSink(8, 6, 30.0).open()
+
+
+@pytest.mark.parametrize("system", ["Windows", "Darwin"])
+def test_guidance_for_windows_and_macos(system):
+    text = virtual_camera_guidance(system)
+    assert "OBS" in text and "Start Virtual Camera" in text and "--preview" in text
