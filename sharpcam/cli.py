@@ -222,7 +222,8 @@ def run(args) -> int:
             if keys.active or args.preview:
                 note(HOTKEY_HELP)
             summary = pipeline.run_live()
-            note(f"stopped: {summary.line()} dropped={summary.dropped}")
+            note(f"stopped: {summary.line()} dropped={summary.dropped} "
+                 f"latency_ms={summary.latency_ms:.1f}")
     return 0
 
 

@@ -33,6 +33,7 @@ class Summary:
     model_ms: float = 0.0
     dropped: int = 0
     reconnects: int = 0
+    latency_ms: float = 0.0  # live mode: capture to sinks, what sharpcam adds to the camera's own
 
     @property
     def fps(self) -> float:
@@ -50,9 +51,9 @@ class FrameSlot:
         self._frame = None
         self._seq = 0
 
-    def put(self, frame: np.ndarray) -> None:
+    def put(self, frame: np.ndarray, captured_at: float = 0.0) -> None:
         with self._cond:
-            self._frame = frame
+            self._frame = (frame, captured_at)
             self._seq += 1
             self._cond.notify_all()
 
@@ -61,13 +62,14 @@ class FrameSlot:
             self._cond.notify_all()
 
     def newer_than(self, seq: int, timeout: float):
-        """(seq, frame) of the newest frame if newer than ``seq``, else None after ``timeout``."""
+        """(seq, frame, captured_at) of the newest frame if newer than ``seq``, else None
+        after ``timeout``."""
         with self._cond:
             if self._seq <= seq:
                 self._cond.wait(timeout)
             if self._seq <= seq:
                 return None
-            return self._seq, self._frame
+            return (self._seq,) + self._frame
 
 
 class RateMeter:
@@ -229,14 +231,17 @@ class Pipeline:
             interval = 0.0 if self.source.self_paced else 1.0 / self.source.fps
             due = time.perf_counter()
             while not self._stop.is_set():
-                frame = self.source.read()
+                try:
+                    frame = self.source.read()
+                except Exception:
+                    frame = None  # a driver error mid-call is a lost camera, not a crash
                 if frame is None:
                     if self.source.finite:
                         break
                     self._reconnect()
                     due = time.perf_counter()
                     continue
-                self._slot.put(frame)
+                self._slot.put(frame, time.perf_counter())
                 self._input_rate.tick()
                 if interval:
                     due += interval
@@ -283,6 +288,7 @@ class Pipeline:
         capture = threading.Thread(target=self._capture, name="sharpcam-capture", daemon=True)
         capture.start()
         seen = 0
+        latency_total = 0.0
         last_out = None
         lost_frame = None
         period = 1.0 / max(1.0, float(self.source.fps))
@@ -302,11 +308,12 @@ class Pipeline:
                     if self.status is not None:
                         self.status.update(self._status_text(self.controls.state))
                     continue
-                seq, frame = item
+                seq, frame, captured_at = item
                 self.summary.dropped += seq - seen - 1
                 seen = seq
                 lost_frame = None
                 last_out = self._process_and_send(frame)
+                latency_total += time.perf_counter() - captured_at
                 if self.status is not None:
                     self.status.update(self._status_text(self.controls.state))
         finally:
@@ -317,6 +324,8 @@ class Pipeline:
                 self.status.update(self._status_text(self.controls.state), force=True)
                 self.status.finish()
             self._finish(start)
+            if self.summary.frames:
+                self.summary.latency_ms = latency_total / self.summary.frames * 1000.0
         if self.capture_error is not None:
             raise self.capture_error
         return self.summary

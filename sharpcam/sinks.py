@@ -123,6 +123,12 @@ class PreviewSink:
         self._shown = 0
 
     def open(self) -> "PreviewSink":
+        # OpenCV's bundled Qt looks for fonts inside the wheel, finds none and warns on every
+        # frame; point it at the system's fonts when they are there.
+        for fonts in ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype", "/usr/share/fonts"):
+            if os.path.isdir(fonts):
+                os.environ.setdefault("QT_QPA_FONTDIR", fonts)
+                break
         cv2.namedWindow(self.title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
         self._open = True
         return self

@@ -173,7 +173,7 @@ def test_frame_slot_keeps_only_the_newest():
     slot = FrameSlot()
     for k in range(5):
         slot.put(np.full((2, 2, 3), k, np.uint8))
-    seq, frame = slot.newer_than(0, timeout=0)
+    seq, frame, _ = slot.newer_than(0, timeout=0)
     assert seq == 5 and frame[0, 0, 0] == 4
     assert slot.newer_than(5, timeout=0) is None
 
@@ -291,3 +291,23 @@ def test_bench_prints_a_table(capsys, test_model):
     assert "off" in lines[1] and "unsharp" in lines[1] and "model tile 32" in lines[1] and "model whole" in lines[1]
     assert lines[2].startswith("64x48") and lines[3].startswith("96x64")
     assert lines[2].count("fps") == 4
+
+
+def test_source_that_raises_is_treated_as_lost():
+    source = CountingSource()
+
+    calls = {"n": 0}
+    original_read = source.read
+
+    def read():
+        calls["n"] += 1
+        if calls["n"] == 3 and not source.reopened.is_set():
+            raise RuntimeError("VIDIOC_DQBUF: No such device")
+        return original_read()
+
+    source.read = read
+    source.allow_reconnect.set()
+    sink = RecordingSink()
+    summary = Pipeline(source, Bypass(), Controls(ControlState(mode="off")), [sink], max_frames=6,
+                       reconnect_delays=(0.001,)).run_live()
+    assert summary.frames == 6 and summary.reconnects == 1

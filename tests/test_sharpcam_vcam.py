@@ -99,3 +99,21 @@ def test_no_backend_raises_typed_error(no_backend):
 def test_guidance_for_windows_and_macos(system):
     text = virtual_camera_guidance(system)
     assert "OBS" in text and "Start Virtual Camera" in text and "--preview" in text
+
+
+def test_ctrl_c_releases_virtual_camera_and_keeps_recording(only_recorder, tmp_path, capsys, test_model):
+    class InterruptingBackend(RecordingBackend):
+        def send(self, frame):
+            super().send(frame)
+            if len(self.frames) == 3:
+                raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+
+    pyvirtualcam.register_backend("recorder", InterruptingBackend)
+    out = tmp_path / "kept.avi"
+    rc = main(["--demo", "--vcam", "--model", str(test_model), "--width", "160", "--height", "96",
+               "--output", str(out)])
+    assert rc == 130
+    backend = only_recorder.instances[0]
+    assert backend.closed and len(backend.frames) == 3
+    assert out.exists() and not list(tmp_path.glob(".*partial*"))
+    assert "released" in capsys.readouterr().err
