@@ -21,12 +21,18 @@ DIVIDER_COLOR = (255, 255, 255)
 
 def to_uint8_bgr(rgb_planar: np.ndarray, frame: np.ndarray, strength: float) -> np.ndarray:
     """Blend a 3×H×W RGB float model result with the BGR uint8 input frame."""
-    sharp = cv2.merge((rgb_planar[2], rgb_planar[1], rgb_planar[0]))
+    # Per plane, addWeighted with an 8-bit dtype scales, rounds and saturates (clips) in one
+    # pass; merging the small uint8 planes afterwards is ~2x cheaper than merging floats.
     if strength == 1.0:
-        # addWeighted with an 8-bit dtype scales, rounds and saturates (clips) in one pass.
-        return cv2.addWeighted(sharp, 255.0, sharp, 0.0, 0.0, dtype=cv2.CV_8U)
-    return cv2.addWeighted(sharp, 255.0 * strength, frame.astype(np.float32), 1.0 - strength,
-                           0.0, dtype=cv2.CV_8U)
+        planes = [cv2.addWeighted(rgb_planar[c], 255.0, rgb_planar[c], 0.0, 0.0, dtype=cv2.CV_8U)
+                  for c in (2, 1, 0)]
+    else:
+        originals = cv2.split(frame)
+        planes = [cv2.addWeighted(rgb_planar[2 - b], 255.0 * strength,
+                                  originals[b].astype(np.float32), 1.0 - strength, 0.0,
+                                  dtype=cv2.CV_8U)
+                  for b in range(3)]
+    return cv2.merge(planes)
 
 
 def draw_split(original: np.ndarray, processed: np.ndarray) -> np.ndarray:
