@@ -1,0 +1,81 @@
+"""Device choice and DistributedDataParallel setup shared by the training commands.
+
+Launched by ``torchrun`` (RANK/WORLD_SIZE/LOCAL_RANK in the environment) the process
+joins a process group — NCCL on CUDA, gloo on CPU; otherwise it is a single process
+of world size 1. Only rank 0 (``is_main``) writes checkpoints, logs and bars.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA GPU is visible to PyTorch; "
+                         "use --device cpu (or auto), or install a CUDA build of torch")
+    if choice not in ("cpu", "cuda"):
+        raise SystemExit(f"error: --device {choice!r} is not one of cpu, cuda, auto")
+    return torch.device(choice)
+
+
+def setup(device_choice: str) -> Runtime:
+    device = resolve_device(device_choice)
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return Runtime(device)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return Runtime(device, rank, world, local_rank)
+
+
+def teardown(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean_over_ranks(value: float, runtime: Runtime) -> float:
+    if not runtime.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=runtime.device)
+    dist.all_reduce(t)
+    return float(t.item()) / runtime.world
+
+
+def barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; a no-op context elsewhere."""
+    import contextlib
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,52 @@
+"""Command-line options: a dataclass of defaults becomes an argparse parser.
+
+Each command declares ``@dataclass class Options`` with typed fields; the field's
+``metadata["help"]`` is its help text. ``bool`` fields get ``--x/--no-x``; list
+fields take several values; ``Optional[...]`` fields default to None.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+
+def _base_type(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    return tp
+
+
+def parse_options(cls, argv=None, description: str | None = None):
+    hints = typing.get_type_hints(cls)
+    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip(),
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        tp = _base_type(hints[field.name])
+        default = (field.default if field.default is not dataclasses.MISSING
+                   else field.default_factory())  # type: ignore[misc]
+        kwargs = dict(default=default, help=field.metadata.get("help", ""), dest=field.name)
+        if "metavar" in field.metadata:
+            kwargs["metavar"] = field.metadata["metavar"]
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) in (list, tuple):
+            kwargs["type"] = typing.get_args(tp)[0]
+            kwargs["nargs"] = field.metadata.get("nargs", "+")
+        else:
+            kwargs["type"] = tp
+            if "choices" in field.metadata:
+                kwargs["choices"] = field.metadata["choices"]
+        parser.add_argument(flag, **kwargs)
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def option(default, help: str, **metadata):
+    """A dataclass field with help text (and optional choices/nargs/metavar)."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default),
+                                 metadata=dict(help=help, **metadata))
+    return dataclasses.field(default=default, metadata=dict(help=help, **metadata))

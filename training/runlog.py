@@ -1,0 +1,111 @@
+"""What a training run leaves in its folder besides checkpoints: ``log.jsonl`` (one
+record per logged step or evaluation), ``metrics.json`` and ``loss.png``; plus the RNG
+state a resumed run restores. All files are written atomically or appended line by line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+class JsonLog:
+    """Append-only ``log.jsonl``; on resume, records after the resumed step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = Path(path)
+        self.records: list[dict] = []
+        if resume_step is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by the interruption
+                if rec.get("step", 0) <= resume_step:
+                    self.records.append(rec)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
+
+    def write(self, **record) -> None:
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as plain values (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def plot_curves(records: list[dict], path: Path, title: str) -> None:
+    """Training losses per step and validation PSNR per evaluation, as ``loss.png``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val"]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key in sorted({k for r in train for k in r if k.startswith("loss")}):
+        points = [(r["step"], r[key]) for r in train if key in r]
+        ax_loss.plot(*zip(*points), label=key.replace("_", " "))
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("L1")
+    ax_loss.set_yscale("log")
+    ax_loss.legend()
+    ax_loss.set_title(f"{title}: training loss")
+    if val:
+        ax_val.plot([r["step"] for r in val], [r["psnr"] for r in val], "o-", label="model")
+        if "input_psnr" in val[0]:
+            ax_val.axhline(val[0]["input_psnr"], color="gray", ls="--", label="degraded input")
+        ax_val.legend()
+    ax_val.set_xlabel("step")
+    ax_val.set_ylabel("PSNR (dB)")
+    ax_val.set_title("validation (held-out files)")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
