@@ -203,7 +203,8 @@ def run(args) -> int:
         if args.output:
             try:
                 sinks.append(stack.enter_context(
-                    VideoFileSink(args.output, source.width, source.height, source.fps)))
+                    VideoFileSink(args.output, source.width, source.height, source.fps,
+                                  realtime=not file_mode)))
             except SinkError as exc:
                 raise UsageError(str(exc)) from None
         if not sinks:

@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from typing import Callable, Optional
 
 import cv2
@@ -188,9 +189,13 @@ class VideoFileSink:
     """Frames to a video file, written under a temporary name and renamed when complete,
     so an interrupted run never leaves a broken file under the requested name."""
 
-    def __init__(self, path: str, width: int, height: int, fps: float):
+    def __init__(self, path: str, width: int, height: int, fps: float, *, realtime: bool = False,
+                 clock: Callable[[], float] = time.perf_counter):
         self.path = os.fspath(path)
         self.width, self.height, self.fps = width, height, fps
+        # Live runs drop frames when the model is slower than the camera; repeating the last
+        # frame keeps the recording's timeline true instead of playing back too fast.
+        self.realtime, self._clock, self._start = realtime, clock, None
         folder, name = os.path.split(os.path.abspath(self.path))
         stem, ext = os.path.splitext(name)
         self.partial_path = os.path.join(folder, f".{stem}.partial{ext}")
@@ -212,8 +217,15 @@ class VideoFileSink:
         return self
 
     def send(self, frame: np.ndarray) -> None:
-        self._writer.write(frame)
-        self.frames += 1
+        copies = 1
+        if self.realtime:
+            now = self._clock()
+            if self._start is None:
+                self._start = now
+            copies = max(1, int((now - self._start) * self.fps) + 1 - self.frames)
+        for _ in range(copies):
+            self._writer.write(frame)
+        self.frames += copies
 
     def describe(self) -> str:
         return f"video file {self.path} {self.width}x{self.height}@{self.fps:g}"

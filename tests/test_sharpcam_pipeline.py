@@ -311,3 +311,16 @@ def test_source_that_raises_is_treated_as_lost():
     summary = Pipeline(source, Bypass(), Controls(ControlState(mode="off")), [sink], max_frames=6,
                        reconnect_delays=(0.001,)).run_live()
     assert summary.frames == 6 and summary.reconnects == 1
+
+
+def test_live_recording_repeats_frames_to_keep_time(tmp_path):
+    clock = FakeClock()
+    path = tmp_path / "live.avi"
+    with VideoFileSink(str(path), 32, 24, 10.0, realtime=True, clock=clock) as sink:
+        sink.send(np.zeros((24, 32, 3), np.uint8))  # t=0: frame 1
+        clock.t = 0.35                               # 3 more frame times have passed
+        sink.send(np.full((24, 32, 3), 255, np.uint8))
+        clock.t = 0.36                               # faster than the rate: still one frame
+        sink.send(np.full((24, 32, 3), 128, np.uint8))
+    assert sink.frames == 5
+    assert video_facts(path)[0] == 5
