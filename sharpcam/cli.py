@@ -127,6 +127,16 @@ def list_cameras_command() -> int:
 DEMO_FILE_FRAMES = 300
 
 
+def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack) -> None:
+    """A service manager's stop (SIGTERM) ends the run as cleanly as `q` does."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: controls.quit.set())
+    stack.callback(signal.signal, signal.SIGTERM, previous)
+
+
 def run(args) -> int:
     from .engine import Engine, ModelError
     from .pipeline import Pipeline, Progress, StatusLine
@@ -219,6 +229,7 @@ def run(args) -> int:
             summary = pipeline.run_file(Progress(total, status))
             print(summary.line(), flush=True)
         else:
+            _quit_on_sigterm(controls, stack)
             keys = stack.enter_context(TerminalKeys(controls))
             if keys.active or args.preview:
                 note(HOTKEY_HELP)
