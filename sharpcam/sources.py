@@ -273,7 +273,8 @@ class DemoSource:
         small_w = max(16, round(self.width * self.scale))
         small_h = max(16, round(self.height * self.scale))
         frame = self._view(index / self.fps, small_w, small_h)
-        frame = cv2.GaussianBlur(frame, (0, 0), self.blur_sigma * self.scale)
+        if self.blur_sigma > 0:
+            frame = cv2.GaussianBlur(frame, (0, 0), self.blur_sigma * self.scale)
         ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         frame = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
         frame = cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_LINEAR)

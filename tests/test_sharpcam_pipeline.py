@@ -106,8 +106,19 @@ def test_video_sink_discards_partial_file_on_error(tmp_path):
 
 # -- live mode with injected sources ----------------------------------------------
 
+def index_of(frame):
+    return int(frame.reshape(-1)[:4].view("<u4")[0])
+
+
+def has_note(frame):
+    """The 'camera lost' note sits bottom-left; source frames are flat there."""
+    corner = frame[-12:, :24]
+    return corner.min() != corner.max()
+
+
 class CountingSource:
-    """Frame k is filled with k % 256; optional hooks make it fail and come back."""
+    """Frame k carries k in its first 4 bytes (flat grey elsewhere); optional hooks make
+    it fail and come back."""
     self_paced, finite, live = True, False, True
 
     def __init__(self, fps=200.0, shape=(24, 32)):
@@ -124,7 +135,8 @@ class CountingSource:
         if self.fail_from is not None and self.produced >= self.fail_from and not self.reopened.is_set():
             return None
         with self.cond:
-            frame = np.full((self.height, self.width, 3), self.produced % 256, np.uint8)
+            frame = np.full((self.height, self.width, 3), 7, np.uint8)
+            frame.reshape(-1)[:4] = np.array([self.produced], "<u4").view(np.uint8)
             self.produced += 1
             self.cond.notify_all()
         return frame
@@ -161,12 +173,8 @@ class Bypass:
 
     def process(self, frame, state):
         if self.source is not None:
-            self.source.wait_produced(int(frame[0, 0, 0]) + 1 + self.lag)
+            self.source.wait_produced(index_of(frame) + 1 + self.lag)
         return frame
-
-
-def uniform(frame):
-    return frame.min() == frame.max()
 
 
 def test_frame_slot_keeps_only_the_newest():
@@ -184,7 +192,7 @@ def test_slow_processing_drops_frames_instead_of_queueing():
     # Each frame is processed only after the camera has produced 3 more: the pipeline is "slow".
     pipe = Pipeline(source, Bypass(source, lag=3), Controls(), [sink], max_frames=6)
     summary = pipe.run_live()
-    values = [int(f[0, 0, 0]) for f in sink.frames]
+    values = [index_of(f) for f in sink.frames]
     assert summary.frames == 6 and len(values) == 6
     assert all(b > a for a, b in zip(values, values[1:]))
     assert summary.dropped >= 6  # at least 2 skipped per processed frame after the first
@@ -196,18 +204,18 @@ def test_camera_lost_keeps_frames_flowing_then_recovers():
     source.fail_from = 5
 
     def on_frame(frame):
-        if not uniform(frame):  # the "camera lost" note is on it
+        if has_note(frame):
             source.allow_reconnect.set()
 
     sink = RecordingSink(on_frame)
     pipe = Pipeline(source, Bypass(), Controls(ControlState(mode="off")), [sink], max_frames=12,
                     reconnect_delays=(0.001,))
     summary = pipe.run_live()
-    flags = [uniform(f) for f in sink.frames]
-    first_lost = flags.index(False)
+    flags = [has_note(f) for f in sink.frames]
+    first_lost = flags.index(True)
     assert first_lost >= 1
-    assert flags[first_lost + 1:].count(True) >= 1, "no fresh frames after reconnecting"
-    resumed = [int(f[0, 0, 0]) for f in sink.frames[first_lost:] if uniform(f)]
+    assert flags[first_lost + 1:].count(False) >= 1, "no fresh frames after reconnecting"
+    resumed = [index_of(f) for f in sink.frames[first_lost:] if not has_note(f)]
     assert resumed and resumed[0] >= 5
     assert summary.reconnects == 1 and summary.frames == 12
     assert source.reopen_attempts >= 1
