@@ -1,0 +1,149 @@
+"""Checkpoint files: one file holding weights, model config, training metadata and
+(optionally) the state needed to resume training.
+
+Files are written atomically (temp file, fsync, rename), so an interrupted save never
+leaves a corrupt checkpoint behind, and read with `torch.load(weights_only=True)`, because
+checkpoints from the internet are untrusted.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from models.restormer import Restormer, restormer_config_from_state_dict
+from models.student import ResidualUNet
+
+FORMAT = "sharpcam-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as the checkpoint asked for; the message says why."""
+
+
+def save_checkpoint(path, *, arch: str, config: dict, state_dict: dict, meta: dict | None = None,
+                    train_state: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = dict(format=FORMAT, version=VERSION, arch=arch, config=config,
+                   state_dict={k: v.detach().cpu() for k, v in state_dict.items()},
+                   meta=meta or {}, train_state=train_state)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not possible (nor needed) on Windows.
+    if os.name == "posix":
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_checkpoint_file(path):
+    """The raw object stored in a checkpoint file, loaded safely, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({e}); download or save it again") from None
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint or holds objects other than "
+                              f"tensors and plain values ({str(e).splitlines()[0]})") from None
+    except RuntimeError as e:
+        message = str(e).splitlines()[0]
+        if "zip archive" in message or "central directory" in message or "file" in message:
+            raise CheckpointError(f"{path} is truncated or corrupt ({message}); "
+                                  "download or save it again") from None
+        raise CheckpointError(f"{path} could not be read as a checkpoint ({message})") from None
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint in our own format: keys arch, config, state_dict, meta, train_state."""
+    payload = read_checkpoint_file(path)
+    if not (isinstance(payload, dict) and payload.get("format") == FORMAT):
+        raise CheckpointError(f"{path} is not a SharpCam checkpoint (no '{FORMAT}' marker)")
+    return payload
+
+
+def _state_dict_of(payload, path, arch):
+    """Accepts our format, the released {'params': sd} layout, or a bare state dict."""
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        if payload["arch"] != arch:
+            raise CheckpointError(f"{path} holds a {payload['arch']} model, not a {arch}")
+        return payload["state_dict"], payload.get("config")
+    if isinstance(payload, dict) and isinstance(payload.get("params"), dict):
+        return payload["params"], None
+    if isinstance(payload, dict) and isinstance(payload.get("params_ema"), dict):
+        return payload["params_ema"], None
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload, None
+    raise CheckpointError(f"{path} holds no state dict (expected {{'params': ...}}, a SharpCam "
+                          "checkpoint or a bare state dict)")
+
+
+def _check_keys(model, state_dict, path, arch):
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} is not a {arch} checkpoint: first missing key "
+            f"{missing[0] if missing else None!r}, first unexpected key "
+            f"{unexpected[0] if unexpected else None!r} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    for k, v in expected.items():
+        if state_dict[k].shape != v.shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(state_dict[k].shape)}, "
+                                  f"the {arch} built from it expects {tuple(v.shape)}")
+
+
+def load_restormer(path, device="cpu") -> Restormer:
+    """A Restormer in eval mode from a released file, our checkpoint, or a bare state dict.
+
+    The configuration is read back from the tensors, so every released task and our
+    smaller teachers load with no flags."""
+    state_dict, _ = _state_dict_of(read_checkpoint_file(path), path, Restormer.arch)
+    if "patch_embed.proj.weight" not in state_dict:
+        first = next(iter(state_dict), None)
+        raise CheckpointError(f"{path} is not a Restormer checkpoint: first missing key "
+                              f"'patch_embed.proj.weight', first unexpected key {first!r}")
+    try:
+        config = restormer_config_from_state_dict(state_dict)
+        model = Restormer(**config)
+    except (KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(f"{path} is not a Restormer checkpoint: cannot read its "
+                              f"configuration ({e})") from None
+    _check_keys(model, state_dict, path, Restormer.arch)
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(device).eval()
+
+
+def load_student(path, device="cpu") -> ResidualUNet:
+    """The Residual UNet student in eval mode from a SharpCam checkpoint."""
+    payload = load_checkpoint(path)
+    state_dict, config = _state_dict_of(payload, path, ResidualUNet.arch)
+    model = ResidualUNet(**config)
+    _check_keys(model, state_dict, path, ResidualUNet.arch)
+    model.load_state_dict(state_dict, strict=True)
+    return model.to(device).eval()
