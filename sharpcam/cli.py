@@ -162,6 +162,9 @@ def run(args) -> int:
         if problem:
             raise UsageError(problem)
 
+    if os.path.abspath(args.model) == os.path.abspath(DEFAULT_MODEL) and not os.path.isfile(DEFAULT_MODEL):
+        raise UsageError(f"the bundled model is missing from this installation ({DEFAULT_MODEL}); "
+                         "reinstall sharpcam, or pass --model PATH to a student .onnx")
     try:
         engine = Engine(args.model, device=args.device, threads=args.threads,
                         receptive_radius=args.receptive_radius, size_multiple=args.size_multiple)
