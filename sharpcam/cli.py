@@ -149,7 +149,7 @@ def run(args) -> int:
         raise UsageError("use either --input or --demo, not both")
     if args.loop and not args.input:
         raise UsageError("--loop only applies to --input FILE")
-    file_mode = bool(args.output) and (args.input or args.demo) and not args.preview and not args.vcam
+    file_mode = bool(args.output and (args.input or args.demo) and not args.preview and not args.vcam)
     want_vcam = (not file_mode) if args.vcam is None else args.vcam
 
     # Checks that need nothing opened come first.
