@@ -184,8 +184,12 @@ class SyntheticPairs(Dataset):
     """Sharp images -> (degraded, sharp) random crops; ``crops_per_image`` crops per epoch."""
 
     def __init__(self, images: Sequence[np.ndarray], crop: int, degradation: str = "webcam",
-                 seed: int = 0, crops_per_image: int = 16, augment: bool = True):
+                 seed: int = 0, crops_per_image: int = 16, augment: bool = True,
+                 always_degrade: bool = False):
         self.images, self.crop, self.seed = list(images), crop, seed
+        # Validation wants every crop degraded: an untouched crop scores infinite PSNR
+        # and would swamp the mean.
+        self.always_degrade = always_degrade
         self.degradation_name = degradation
         self.degrade: Callable = get_preset(degradation)
         self.crops_per_image, self.augment = crops_per_image, augment
@@ -200,6 +204,8 @@ class SyntheticPairs(Dataset):
         if self.augment:
             (sharp,) = random_flip_rotate([sharp], rng)
         degraded = self.degrade(sharp, rng)
+        while self.always_degrade and degraded is sharp:
+            degraded = self.degrade(sharp, rng)
         return to_tensor(degraded), to_tensor(sharp)
 
 
@@ -394,6 +400,62 @@ def validation_batch(source: DataSource, *, crop: int, degradation: str, seed: i
     elif source.kind == "unpaired":
         ds = UnpairedCrops(images, crop, val_seed, crops_per_image, augment=False)
     else:
-        ds = SyntheticPairs(images, crop, degradation, val_seed, crops_per_image, augment=False)
+        ds = SyntheticPairs(images, crop, degradation, val_seed, crops_per_image, augment=False,
+                            always_degrade=True)
     samples = [ds[i] for i in range(len(ds))]
     return tuple(torch.stack(parts) for parts in zip(*samples))
+
+
+class RunSampler(Sampler):
+    """Keys for epochs ``start_epoch`` .. ``end_epoch - 1`` back to back, in whole batches.
+
+    One sampler for the whole run lets a single DataLoader keep its workers alive;
+    each epoch is cut to a multiple of ``batch_size`` so a batch never spans two
+    epochs and ``step // steps_per_epoch`` is the epoch. ``skip_batches`` resumes
+    mid-epoch.
+    """
+
+    def __init__(self, n: int, seed: int, batch_size: int, *, rank: int = 0, world: int = 1,
+                 start_epoch: int = 0, end_epoch: int = 1, skip_batches: int = 0):
+        self.n, self.seed, self.batch_size = n, seed, batch_size
+        self.rank, self.world = rank, world
+        self.start_epoch, self.end_epoch, self.skip_batches = start_epoch, end_epoch, skip_batches
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return (self.n // self.world) // self.batch_size
+
+    def __iter__(self):
+        per_epoch = self.batches_per_epoch * self.batch_size
+        for epoch in range(self.start_epoch, self.end_epoch):
+            keys = EpochSampler(self.n, epoch, self.seed, self.rank, self.world).keys()[:per_epoch]
+            if epoch == self.start_epoch:
+                keys = keys[self.skip_batches * self.batch_size:]
+            yield from keys
+
+    def __len__(self) -> int:
+        epochs = self.end_epoch - self.start_epoch
+        return max(0, epochs * self.batches_per_epoch - self.skip_batches) * self.batch_size
+
+
+def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, device: torch.device,
+                workers: int) -> torch.utils.data.DataLoader:
+    """Worker processes decode and degrade while the GPU trains; pinned memory for fast copies."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None)
+
+
+def default_crop(device: torch.device, gpu: int, cpu: int) -> int:
+    """The crop size when none is given: CPU runs are smoke runs, so they get small crops."""
+    if device.type == "cuda":
+        return gpu
+    print(f"note: on CPU crops default to {cpu}×{cpu} to keep runs short; pass --crop {gpu} for the "
+          "full-size protocol", file=sys.stderr)
+    return cpu
+
+
+def default_workers(device: torch.device) -> int:
+    # On CPU the model competes with workers for the same few cores.
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
