@@ -52,6 +52,16 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _fps(value: str) -> float:
+    try:
+        fps = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of frames per second") from None
+    if not 1.0 <= fps <= 240.0:
+        raise argparse.ArgumentTypeError("must be between 1 and 240")
+    return fps
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
@@ -81,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--list-cameras", action="store_true", help="list webcams and exit")
     src.add_argument("--width", type=_positive_int, default=1280, help="requested width (default 1280)")
     src.add_argument("--height", type=_positive_int, default=720, help="requested height (default 720)")
-    src.add_argument("--fps", type=float, default=30.0, help="requested frame rate (default 30)")
+    src.add_argument("--fps", type=_fps, default=30.0, help="requested frame rate (default 30)")
     src.add_argument("--no-mjpg", dest="mjpg", action="store_false",
                      help="do not ask the webcam for MJPG (which allows higher rates over USB)")
     src.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
