@@ -65,17 +65,16 @@ def read_checkpoint_file(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError) as e:
-        raise CheckpointError(f"{path} is truncated or corrupt ({e}); download or save it again") from None
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint or holds objects other than "
-                              f"tensors and plain values ({str(e).splitlines()[0]})") from None
-    except RuntimeError as e:
-        message = str(e).splitlines()[0]
-        if "zip archive" in message or "central directory" in message or "file" in message:
-            raise CheckpointError(f"{path} is truncated or corrupt ({message}); "
-                                  "download or save it again") from None
-        raise CheckpointError(f"{path} could not be read as a checkpoint ({message})") from None
+        # weights_only refuses arbitrary objects: the file may run code when unpickled.
+        raise CheckpointError(f"{path} holds objects other than tensors and plain values, which "
+                              f"are not loaded from untrusted files ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # torch reports damage as RuntimeError, OSError, EOFError, ...
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if is_zip or isinstance(e, (EOFError, zipfile.BadZipFile)):
+            raise CheckpointError(f"{path} is truncated or corrupt; download or save it again") from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint") from None
 
 
 def load_checkpoint(path) -> dict:

@@ -256,6 +256,8 @@ def _count_blocks(state_dict, prefix):
 def _expansion_factor(widths_and_hidden):
     """The shortest decimal f with int(width · f) == hidden for every (width, hidden) pair,
     which is how the released code derived the hidden widths from 2.66."""
+    if all(int(width * 2.66) == hidden for width, hidden in widths_and_hidden):
+        return 2.66  # the released value; small widths would also fit other decimals
     low = max(hidden / width for width, hidden in widths_and_hidden)
     high = min((hidden + 1) / width for width, hidden in widths_and_hidden)
     for decimals in range(0, 7):

@@ -1,0 +1,106 @@
+"""ONNX export: the contract sharpcam relies on, self-verification, and the command line."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from models import build_student, save_checkpoint
+from training.export import ExportError, export_student
+
+
+def trained_looking(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def realtime_onnx(tmp_path_factory):
+    model = trained_looking(build_student("realtime"))
+    path = tmp_path_factory.mktemp("export") / "student.onnx"
+    error = export_student(model, path, meta={"steps": 7})
+    return model, path, error
+
+
+def test_contract_inputs_outputs_and_metadata(realtime_onnx):
+    model, path, error = realtime_onnx
+    assert error <= 1e-4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert inp.name == "image" and inp.type == "tensor(float)"
+    assert inp.shape[1] == 3 and all(isinstance(d, str) for d in (inp.shape[0], *inp.shape[2:]))
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["sharpcam.preset"] == "realtime"
+    assert json.loads(meta["sharpcam.config"]) == model.config
+    assert json.loads(meta["sharpcam.training"]) == {"steps": 7}
+    assert int(meta["sharpcam.receptive_radius"]) == model.receptive_radius
+    assert 32 % int(meta["sharpcam.size_multiple"]) == 0
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 720, 1280), (3, 3, 256, 256), (1, 3, 96, 160)])
+def test_onnx_matches_torch_at_sizes_other_than_the_export_size(realtime_onnx, shape):
+    model, path, _ = realtime_onnx
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    (got,) = session.run(None, {"image": x})
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert got.shape == shape
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_output_is_the_image_not_the_residual(tmp_path):
+    path = tmp_path / "identity.onnx"
+    export_student(build_student("realtime"), path)  # untrained: exactly the identity
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).random((1, 3, 64, 96), dtype=np.float32)
+    np.testing.assert_allclose(session.run(None, {"image": x})[0], x, atol=1e-6)
+
+
+class DiffersWhenExported(nn.Module):
+    """Stands in for an exporter bug: the graph computes something else than torch."""
+    arch = "residual_unet"
+    config = {"preset": "broken"}
+    receptive_radius = 0
+    size_multiple = 1
+
+    def forward(self, image):
+        return image + 0.01 if torch.onnx.is_in_onnx_export() else image
+
+
+def test_parity_failure_writes_nothing(tmp_path):
+    with pytest.raises(ExportError, match="differs from torch"):
+        export_student(DiffersWhenExported(), tmp_path / "broken.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_command_line_exports_a_checkpoint(tmp_path):
+    model = trained_looking(build_student("realtime"))
+    ckpt = save_checkpoint(tmp_path / "student.pt", arch=model.arch, config=model.config,
+                           state_dict=model.state_dict(), meta={"epochs": 1})
+    out = tmp_path / "out" / "student.onnx"
+    result = subprocess.run([sys.executable, "-m", "training.export", str(ckpt), "-o", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stdout and out.is_file()
+    meta = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert json.loads(meta.custom_metadata_map["sharpcam.training"]) == {"epochs": 1}
+
+
+def test_command_line_names_a_bad_checkpoint_in_one_line(tmp_path):
+    bad = tmp_path / "student.pt"
+    bad.write_text("not a checkpoint")
+    result = subprocess.run([sys.executable, "-m", "training.export", str(bad)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0
+    assert "not a PyTorch checkpoint" in result.stderr
+    assert not (tmp_path / "student.onnx").exists()

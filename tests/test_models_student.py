@@ -1,0 +1,123 @@
+"""The Residual UNet student, its compute budget, and checkpoint files."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from models import (STUDENT_PRESETS, CheckpointError, build_student, load_checkpoint,
+                    load_student, save_checkpoint)
+from models.__main__ import gflop
+from models.student import SpaceToDepth
+
+
+def randomised(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    return model.eval()
+
+
+def test_seed_is_the_original_network_to_the_parameter():
+    model = build_student("seed")
+    assert sum(p.numel() for p in model.parameters()) == 2_453_251
+    assert not model.global_residual
+
+
+@pytest.mark.parametrize("preset", list(STUDENT_PRESETS))
+@pytest.mark.parametrize("size", [(32, 32), (64, 96), (96, 32), (160, 224)])
+def test_presets_keep_the_shape_of_multiples_of_32(preset, size):
+    model = randomised(build_student(preset))
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, *size)).shape == (2, 3, *size)
+
+
+def test_untrained_realtime_student_is_the_identity():
+    model = build_student("realtime").eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(model(x), x)
+
+
+def test_realtime_fits_the_cpu_budget_at_720p():
+    assert gflop(build_student("realtime"), 720, 1280) <= 3.0
+
+
+def test_overrides_change_the_shape_and_unknown_presets_are_named():
+    model = build_student("realtime", widths=[8, 16], blocks=[2, 1])
+    assert model.config["widths"] == [8, 16] and model.config["preset"] == "realtime"
+    assert len(model.encoders) == 2 and len(model.encoders[0]) == 4  # conv, relu, 2 blocks
+    with pytest.raises(ValueError, match="unknown student preset 'huge'"):
+        build_student("huge")
+
+
+def test_space_to_depth_is_pixel_unshuffle_in_onnx_channel_order():
+    x = torch.rand(2, 3, 8, 12)
+    ours = SpaceToDepth(4)(x)
+    torchs = nn.PixelUnshuffle(4)(x)  # channels ordered (colour, row, column)
+    reordered = torchs.reshape(2, 3, 4, 4, 2, 3).permute(0, 2, 3, 1, 4, 5).reshape(2, 48, 2, 3)
+    assert torch.equal(ours, reordered)
+
+
+@pytest.mark.parametrize("preset", list(STUDENT_PRESETS))
+def test_receptive_radius_is_exact(preset):
+    """Inputs beyond the radius never reach an output pixel; inputs near it do."""
+    model = randomised(build_student(preset, widths=[4, 4, 4]) if preset == "seed" else build_student(preset))
+    radius, multiple = model.receptive_radius, model.size_multiple
+    size = (2 * radius + 2 * multiple) // multiple * multiple + multiple
+    x = torch.rand(1, 3, size, size, requires_grad=True)
+    centre = size // 2 + 1  # odd offset inside a block: the worst case for the shuffle
+    model(x)[0, :, centre, centre].sum().backward()
+    reached = (x.grad.abs().sum(dim=(0, 1)) > 0).nonzero()
+    furthest = (reached - centre).abs().max().item()
+    assert furthest <= radius
+    assert furthest >= radius - model.size_multiple
+
+
+def test_student_checkpoint_round_trip(tmp_path):
+    model = randomised(build_student("realtime"))
+    path = save_checkpoint(tmp_path / "student.pt", arch=model.arch, config=model.config,
+                           state_dict=model.state_dict(), meta={"steps": 3},
+                           train_state={"step": 3, "optimizer": {"lr": 1e-4}})
+    loaded = load_student(path)
+    x = torch.rand(1, 3, 32, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    payload = load_checkpoint(path)
+    assert payload["meta"] == {"steps": 3} and payload["train_state"]["step"] == 3
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    model = build_student("realtime")
+    path = save_checkpoint(tmp_path / "student.pt", arch=model.arch, config=model.config,
+                           state_dict=model.state_dict(), meta={"version": 1})
+    before = path.read_bytes()
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, arch=model.arch, config=model.config,
+                        state_dict=model.state_dict(), meta={"version": 2})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["student.pt"]
+
+
+def test_teacher_checkpoint_is_not_a_student(tmp_path):
+    from models import RESTORMER_PRESETS, Restormer
+    teacher = Restormer(**RESTORMER_PRESETS["tiny"])
+    path = save_checkpoint(tmp_path / "teacher.pt", arch=teacher.arch, config=teacher.config,
+                           state_dict=teacher.state_dict())
+    with pytest.raises(CheckpointError, match="holds a restormer model, not a residual_unet"):
+        load_student(path)
+
+
+def test_released_restormer_file_is_not_a_sharpcam_checkpoint(tmp_path):
+    path = tmp_path / "motion_deblurring.pth"
+    torch.save({"params": {"x": torch.zeros(1)}}, path)
+    with pytest.raises(CheckpointError, match="not a SharpCam checkpoint"):
+        load_student(path)
