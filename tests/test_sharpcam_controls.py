@@ -1,6 +1,7 @@
 """Strength and mode arithmetic, and hotkeys delivered as injected key events."""
 import os
 import pty
+import termios
 
 import numpy as np
 import pytest
@@ -92,6 +93,7 @@ def test_sharpener_modes():
 
 def test_terminal_keys_read_a_real_tty():
     master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
     try:
         c = Controls()
         with TerminalKeys(c, stream=slave) as keys:
@@ -100,6 +102,7 @@ def test_terminal_keys_read_a_real_tty():
             os.write(master, b"q")
             assert c.quit.wait(5)
         assert c.next_frame() == ControlState(mode="off", mirror=True)
+        assert termios.tcgetattr(slave) == before, "terminal settings not restored"
     finally:
         os.close(master)
         os.close(slave)

@@ -72,6 +72,10 @@ def test_live_demo_to_virtual_camera(only_recorder, capsys, test_model):
     assert len(backend.frames) == 5
     err = capsys.readouterr().err
     assert "pick it as the camera" in err and "stopped: frames=5" in err
+    status = [line for line in err.splitlines() if line.startswith("in 160x96")]
+    assert status, err
+    for field in ("fps | out", "model", "ms | dropped", "mode=on strength=1.0"):
+        assert field in status[-1]
 
 
 def test_no_backend_prints_guidance(no_backend, capsys, test_model):
