@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -63,18 +62,20 @@ def read_checkpoint_file(path):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive; files from torch < 1.6 are a bare pickle stream.
+    is_zip, is_pickle = magic == b"PK\x03\x04", magic[:1] == b"\x80"
+    if not (is_zip or is_pickle):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses arbitrary objects: the file may run code when unpickled.
         raise CheckpointError(f"{path} holds objects other than tensors and plain values, which "
                               f"are not loaded from untrusted files ({str(e).splitlines()[0]})") from None
-    except Exception as e:  # torch reports damage as RuntimeError, OSError, EOFError, ...
-        with open(path, "rb") as f:
-            is_zip = f.read(4) == b"PK\x03\x04"
-        if is_zip or isinstance(e, (EOFError, zipfile.BadZipFile)):
-            raise CheckpointError(f"{path} is truncated or corrupt; download or save it again") from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint") from None
+    except Exception:  # torch reports damage as RuntimeError, OSError, EOFError, ...
+        raise CheckpointError(f"{path} is truncated or corrupt; download or save it again") from None
 
 
 def load_checkpoint(path) -> dict:
