@@ -1,0 +1,194 @@
+"""Distillation and teacher training on a handful of tiny images, in-process (seconds each)."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from models import RESTORMER_PRESETS, Restormer, load_student, load_restormer
+from models.checkpoint import load_checkpoint, save_checkpoint
+from training import data as datasets
+from training import distill, teacher, teacher_cache
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two OpenMP threads on a 2-core CI box stall whenever anything else runs there;
+    # one thread keeps these tests' timing steady.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def textured_image(rng, size=96):
+    blocks = rng.random((size // 8, size // 8, 3))
+    img = cv2.resize(blocks, (size, size), interpolation=cv2.INTER_NEAREST)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)  # flat patches, hard edges: easy to learn
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sharp")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        cv2.imwrite(str(folder / f"photo{i}.png"), textured_image(rng))
+    return folder
+
+
+def write_teacher(path: Path, seed=0) -> Path:
+    torch.manual_seed(seed)
+    model = Restormer(**RESTORMER_PRESETS["tiny"])
+    torch.nn.init.normal_(model.output.weight, std=1e-3)  # near the identity, like a trained teacher
+    save_checkpoint(path, arch=model.arch, config=model.config, state_dict=model.state_dict())
+    return path
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory):
+    return write_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pt")
+
+
+def distill_args(image_dir, teacher_file, out, *extra):
+    return ["--data", str(image_dir), "--teacher", str(teacher_file), "--out", str(out), "--crop", "64",
+            "--batch-size", "2", "--crops-per-image", "4", "--device", "cpu", "--log-every", "1", *extra]
+
+
+def train_records(out):
+    return [json.loads(l) for l in (Path(out) / "log.jsonl").read_text().splitlines()
+            if json.loads(l)["kind"] == "train"]
+
+
+def test_distill_lowers_loss_and_writes_checkpoint_and_parity_checked_onnx(image_dir, teacher_file, tmp_path,
+                                                                           capsys):
+    out = tmp_path / "run"
+    cache = tmp_path / "cache"
+    # A fixed pool of 8 cached crops, revisited: the loss must fall.
+    result = distill.main(distill_args(image_dir, teacher_file, out, "--teacher-cache", str(cache),
+                                       "--cache-pool", "8", "--max-steps", "40", "--lr", "2e-3", "--epochs", "20",
+                                       "--degradation", "seed"))
+    assert "teacher cache miss" in capsys.readouterr().err
+    losses = [r["loss"] for r in train_records(out)]
+    assert len(losses) == 40
+    # An epoch is the same 8 crops in another order: compare the first and the last.
+    assert np.mean(losses[-4:]) < 0.85 * np.mean(losses[:4])
+    for name in ("student.pt", "student.onnx", "metrics.json", "loss.png", "last.pt", "log.jsonl"):
+        assert (out / name).is_file(), name
+    student = load_student(out / "student.pt")
+    assert student.config["preset"] == "realtime"
+    assert result["onnx_max_abs_diff"] <= 1e-4
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 40 and metrics["validation"]["final"]["psnr"] > 0
+
+    # Same teacher, data, degradation and seed: the cache is hit, the teacher never re-run.
+    def no_rebuild(*a, **k):
+        raise AssertionError("the cache should have been hit")
+    orig = teacher_cache.build_pool
+    teacher_cache.build_pool = no_rebuild
+    try:
+        distill.main(distill_args(image_dir, teacher_file, tmp_path / "run2", "--teacher-cache", str(cache),
+                                  "--cache-pool", "8", "--max-steps", "2", "--degradation", "seed"))
+    finally:
+        teacher_cache.build_pool = orig
+    assert "teacher cache hit" in capsys.readouterr().err
+    assert len(list(cache.glob("teacher-*.pt"))) == 1
+
+
+def test_teacher_cache_key_changes_with_everything_it_depends_on(image_dir, teacher_file, tmp_path):
+    source = datasets.load_source(data=str(image_dir))
+    base = dict(teacher_path=teacher_file, data=source.describe, degradation="webcam", crop=64, resize=None,
+                seed=0, pool=8)
+    key = teacher_cache.cache_key(**base)
+    assert teacher_cache.cache_key(**base) == key
+    other_teacher = write_teacher(tmp_path / "other.pt", seed=1)
+    changed = [dict(base, teacher_path=other_teacher), dict(base, degradation="seed"), dict(base, seed=1),
+               dict(base, crop=128), dict(base, pool=16),
+               dict(base, data=datasets.load_source(data=str(image_dir), val_fraction=0.5).describe)]
+    keys = {teacher_cache.cache_key(**c) for c in changed}
+    assert key not in keys and len(keys) == len(changed)
+    # A damaged cache file is a miss, not a crash.
+    path = teacher_cache.cache_path(tmp_path, key)
+    path.write_bytes(b"garbage")
+    assert teacher_cache.load_pool(path) is None
+
+
+def test_unpaired_mode_reads_only_the_frames_and_uses_teacher_labels_only(image_dir, teacher_file, tmp_path,
+                                                                          monkeypatch):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        cv2.imwrite(str(frames / f"frame{i}.jpg"), textured_image(rng))
+    read = []
+    real_read = datasets.read_image
+    monkeypatch.setattr(datasets, "read_image", lambda p: read.append(Path(p)) or real_read(p))
+    out = tmp_path / "run"
+    result = distill.main(["--unpaired", str(frames), "--teacher", str(teacher_file), "--out", str(out),
+                           "--crop", "64", "--batch-size", "2", "--crops-per-image", "2", "--max-steps", "3",
+                           "--device", "cpu", "--log-every", "1"])
+    assert read and all(p.parent == frames for p in read)
+    assert (result["alpha"], result["beta"]) == (0.0, 1.0)
+    assert all(r["loss_sharp"] == 0.0 and r["loss"] == pytest.approx(r["loss_teacher"])
+               for r in train_records(out))
+    assert (out / "student.onnx").is_file()
+
+
+def test_distill_resume_continues_from_saved_step_with_same_optimizer_state(image_dir, teacher_file, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ["--lr", "1e-3", "--ckpt-every", "100"]
+    distill.main(distill_args(image_dir, teacher_file, straight, "--max-steps", "6", *common))
+    distill.main(distill_args(image_dir, teacher_file, resumed, "--max-steps", "3", *common))
+    half = load_checkpoint(resumed / "last.pt")
+    assert half["train_state"]["step"] == 3
+    distill.main(distill_args(image_dir, teacher_file, resumed, "--max-steps", "6", "--resume", *common))
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    assert b["train_state"]["step"] == 6
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-5, atol=1e-6)
+    opt_a, opt_b = a["train_state"]["optimizer"]["state"], b["train_state"]["optimizer"]["state"]
+    assert opt_a.keys() == opt_b.keys()
+    for k in opt_a:
+        assert int(opt_a[k]["step"]) == int(opt_b[k]["step"]) == 6
+        torch.testing.assert_close(opt_a[k]["exp_avg_sq"], opt_b[k]["exp_avg_sq"], rtol=1e-4, atol=1e-9)
+    steps = [r["step"] for r in train_records(resumed)]
+    assert steps == sorted(set(steps)) and steps[-1] == 6
+
+
+def test_missing_or_bad_teacher_is_one_clear_line(image_dir, tmp_path):
+    with pytest.raises(SystemExit, match="swz30/Restormer.*python -m training.teacher"):
+        distill.main(["--data", str(image_dir), "--teacher", str(tmp_path / "none.pth"), "--out", str(tmp_path)])
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="error: .*bad.pth"):
+        distill.main(["--data", str(image_dir), "--teacher", str(bad), "--out", str(tmp_path)])
+
+
+def teacher_args(image_dir, out, *extra):
+    return ["--preset", "tiny", "--data", str(image_dir), "--out", str(out), "--crop", "32", "--batch-size", "2",
+            "--crops-per-image", "2", "--device", "cpu", "--steps", "20", "--warmup", "2", "--eval-every", "100",
+            "--ckpt-every", "100", "--log-every", "1", *extra]
+
+
+def test_teacher_trains_resumes_exactly_and_loads_as_teacher(image_dir, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    teacher.main(teacher_args(image_dir, straight, "--max-steps", "4"))
+    teacher.main(teacher_args(image_dir, resumed, "--max-steps", "2"))
+    teacher.main(teacher_args(image_dir, resumed, "--max-steps", "4", "--resume"))
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    assert a["train_state"]["step"] == b["train_state"]["step"] == 4
+    assert a["train_state"]["scheduler"]["last_epoch"] == b["train_state"]["scheduler"]["last_epoch"]
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-5, atol=1e-6)
+    model = load_restormer(straight / "teacher.pt")
+    assert model.config == Restormer(**RESTORMER_PRESETS["tiny"]).config
+    assert json.loads((straight / "metrics.json").read_text())["steps"] == 4
+
+
+def test_teacher_progressive_stages_and_schedule():
+    opts = teacher.Options(steps=200, progressive=[32, 64], crop=64, batch_size=4, warmup=10)
+    assert teacher.stages(opts) == [(0, 32, 16), (100, 64, 4)]
+    assert teacher.lr_factor(0, opts) == pytest.approx(0.1)
+    assert teacher.lr_factor(9, opts) == pytest.approx(1.0)
+    assert teacher.lr_factor(200, opts) == pytest.approx(opts.min_lr / opts.lr)
