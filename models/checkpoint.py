@@ -35,6 +35,7 @@ def save_checkpoint(path, *, arch: str, config: dict, state_dict: dict, meta: di
                    meta=meta or {}, train_state=train_state)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, readable_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -45,6 +46,14 @@ def save_checkpoint(path, *, arch: str, config: dict, state_dict: dict, meta: di
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def readable_mode() -> int:
+    """The mode a plain open() would give a new file; mkstemp's 0600 would make shipped
+    models unreadable to other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_directory(directory: Path) -> None:

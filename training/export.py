@@ -25,6 +25,7 @@ import onnx
 import torch
 
 from models import CheckpointError, load_checkpoint, student_from_config
+from models.checkpoint import readable_mode
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -87,6 +88,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, readable_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
