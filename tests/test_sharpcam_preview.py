@@ -70,3 +70,47 @@ def test_cli_live_demo_with_preview(xvfb_display, capsys, test_model):
                "--height", "96", "--max-frames", "4"])
     assert rc == 0
     assert "stopped: frames=4" in capsys.readouterr().err
+
+
+def test_terminal_hotkeys_drive_a_running_sharpcam(xvfb_display, test_model, tmp_path):
+    """The real command in a pseudo-terminal: space switches off, q quits, the tty is restored."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sharpcam", "--demo", "--preview", "--no-vcam", "--model", str(test_model),
+         "--width", "160", "--height", "96", "--fps", "20"],
+        stdin=slave, stdout=slave, stderr=slave, env=dict(os.environ, DISPLAY=xvfb_display),
+        cwd=os.getcwd())
+    seen = b""
+
+    def read_until(needle, limit=120.0):
+        nonlocal seen
+        import time
+        end = time.monotonic() + limit
+        while needle not in seen:
+            assert time.monotonic() < end and proc.poll() is None, seen.decode(errors="replace")
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                seen += os.read(master, 4096)
+
+    try:
+        read_until(b"keys: space on/off")
+        read_until(b"mode=on")
+        os.write(master, b" ")
+        read_until(b"mode=off")
+        os.write(master, b"q")
+        assert proc.wait(timeout=60) == 0
+        assert termios.tcgetattr(slave) == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
