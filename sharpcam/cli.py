@@ -202,13 +202,6 @@ def run(args) -> int:
             raise UsageError(str(exc)) from None
         note(source.describe())
 
-        sharpener = Sharpener(engine, tile=args.tile)
-        warm_ms = sharpener.warm_up(source.height, source.width)
-        if sharpener.choice_note:
-            note(sharpener.choice_note)
-        tiler = sharpener.tiler(source.height, source.width)
-        note(f"tiling: {tiler.describe()}; warm-up {warm_ms:.0f} ms")
-
         sinks = []
         if want_vcam:
             try:
@@ -232,6 +225,14 @@ def run(args) -> int:
                 raise UsageError(str(exc)) from None
         if not sinks:
             raise UsageError("nothing to send frames to: drop --no-vcam, or add --preview or --output FILE")
+
+        # Warm-up (and the tiled/whole-frame measurement) after the sinks: setup errors first.
+        sharpener = Sharpener(engine, tile=args.tile)
+        warm_ms = sharpener.warm_up(source.height, source.width)
+        if sharpener.choice_note:
+            note(sharpener.choice_note)
+        tiler = sharpener.tiler(source.height, source.width)
+        note(f"tiling: {tiler.describe()}; warm-up {warm_ms:.0f} ms")
 
         status = StatusLine()
         pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames)
