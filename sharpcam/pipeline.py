@@ -175,6 +175,7 @@ class Pipeline:
         self.max_frames = max_frames
         self.reconnect_delays = tuple(reconnect_delays)
         self.summary = Summary()
+        self._size = (int(source.height), int(source.width))
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._ended = threading.Event()
@@ -187,6 +188,10 @@ class Pipeline:
 
     # -- shared per-frame work -------------------------------------------------
     def _process_and_send(self, frame: np.ndarray) -> np.ndarray:
+        if frame.shape[:2] != self._size:
+            # A camera that comes back at another resolution must not break the sinks,
+            # which were opened for the first one.
+            frame = cv2.resize(frame, (self._size[1], self._size[0]), interpolation=cv2.INTER_AREA)
         state = self.controls.next_frame()
         out = self.sharpener.process(frame, state)
         if self.sharpener.model_ms:

@@ -332,3 +332,17 @@ def test_live_recording_repeats_frames_to_keep_time(tmp_path):
         sink.send(np.full((24, 32, 3), 128, np.uint8))
     assert sink.frames == 5
     assert video_facts(path)[0] == 5
+
+
+def test_camera_back_at_another_size_keeps_sink_size():
+    source = CountingSource(shape=(24, 32))
+    real_read = source.read
+
+    def read():
+        frame = real_read()
+        return cv2.resize(frame, (64, 48)) if index_of(frame) >= 2 else frame
+
+    source.read = read
+    sink = RecordingSink()
+    Pipeline(source, Bypass(), Controls(), [sink], max_frames=4).run_live()
+    assert [f.shape for f in sink.frames] == [(24, 32, 3)] * 4
