@@ -65,7 +65,7 @@ def time_pipeline(frame, sharpener, seconds: float, min_frames: int = 3) -> floa
 
 
 def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=None) -> list:
-    from .controls import ControlState, Controls
+    from .controls import ControlState
     from .sharpen import Sharpener
     from .sources import DemoSource
     out = out or sys.stdout
@@ -100,7 +100,6 @@ def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=Non
 
 
 def bench_main(argv) -> int:
-    from . import DEFAULT_MODEL
     from .cli import add_model_options, error
     from .engine import Engine, ModelError
     p = argparse.ArgumentParser(prog="sharpcam bench",

@@ -12,7 +12,6 @@ import glob
 import math
 import os
 import platform
-import sys
 from typing import Optional, Union
 
 import cv2
