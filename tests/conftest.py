@@ -99,8 +99,8 @@ def _free_display_number():
 
 
 @pytest.fixture(scope="session")
-def xvfb_display():
-    """A private Xvfb server; sets DISPLAY for the session and tears the server down after."""
+def xvfb_server():
+    """A private Xvfb server for the session, torn down after; yields its display name."""
     import os
     import shutil
     import subprocess
@@ -118,17 +118,19 @@ def xvfb_display():
         assert proc.poll() is None, f"Xvfb {display} exited with {proc.returncode}"
         assert time.monotonic() < deadline, f"Xvfb {display} did not create {socket}"
         time.sleep(0.05)
-    old = os.environ.get("DISPLAY")
-    os.environ["DISPLAY"] = display
     try:
         yield display
     finally:
-        if old is None:
-            os.environ.pop("DISPLAY", None)
-        else:
-            os.environ["DISPLAY"] = old
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def xvfb_display(xvfb_server, monkeypatch):
+    """DISPLAY points at the private Xvfb for one test only."""
+    monkeypatch.setenv("DISPLAY", xvfb_server)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    return xvfb_server
 
 
 class XKeyboard:
