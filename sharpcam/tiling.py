@@ -1,12 +1,15 @@
 """Tiling: cutting a frame into model-sized windows and putting the result back.
 
-Owns the geometry that makes tiled inference exact.  The student downsamples
-internally, so a window only reproduces the whole-frame result if its origin
-in the padded frame is a multiple of the model's ``size_multiple`` and it
-carries at least ``receptive_radius`` pixels of context on every side.  The
-frame is therefore reflect-padded once (margin = radius rounded up to the
-multiple), and both modes run on that same padded canvas: whole-frame mode in
-one call, tiled mode as aligned windows of ``tile + 2·margin`` in one batch.
+Owns the geometry that makes tiled inference exact. The frame is reflect-padded
+once, at the bottom and right only, to a multiple of the model's
+``size_multiple``; that canvas is what whole-frame mode runs in one call, at no
+extra cost. The student downsamples internally, so a window only reproduces the
+whole-frame result if its origin is a multiple of ``size_multiple`` and every
+output pixel it keeps has ``receptive_radius`` pixels of context inside the
+window, or sits that close to the canvas edge, where the whole-frame run sees
+the same edge. Windows are therefore the core tile plus a margin (the radius
+rounded up to the multiple) on each side, slid inwards at the canvas edges, and
+run as one batch.
 """
 from __future__ import annotations
 
@@ -20,6 +23,10 @@ _INV_255 = np.float32(1.0 / 255.0)
 
 def round_up(value: int, multiple: int) -> int:
     return -(-int(value) // multiple) * multiple
+
+
+def _window_start(core_start: int, margin: int, window: int, canvas: int) -> int:
+    return min(max(core_start - margin, 0), canvas - window)
 
 
 class Tiler:
@@ -40,30 +47,32 @@ class Tiler:
         self.height, self.width = int(height), int(width)
         self.multiple = int(size_multiple)
         self.margin = round_up(receptive_radius, self.multiple)
+        canvas_h, canvas_w = round_up(self.height, self.multiple), round_up(self.width, self.multiple)
+        self.canvas_shape = (canvas_h, canvas_w)
         if tile == 0:
             self.tile = 0
-            canvas_h = round_up(self.height + 2 * self.margin, self.multiple)
-            canvas_w = round_up(self.width + 2 * self.margin, self.multiple)
             self.grid = (1, 1)
             self.window = (canvas_h, canvas_w)
             self.origins = [(0, 0)]
+            self.cores = [(0, 0, canvas_h, canvas_w)]
         else:
             # A core that is not a multiple would put later tiles off the grid.
             self.tile = round_up(tile, self.multiple)
-            rows, cols = math.ceil(self.height / self.tile), math.ceil(self.width / self.tile)
-            canvas_h = rows * self.tile + 2 * self.margin
-            canvas_w = cols * self.tile + 2 * self.margin
+            rows, cols = math.ceil(canvas_h / self.tile), math.ceil(canvas_w / self.tile)
             self.grid = (rows, cols)
-            side = self.tile + 2 * self.margin
-            self.window = (side, side)
-            self.origins = [(r * self.tile, c * self.tile) for r in range(rows) for c in range(cols)]
-        self.canvas_shape = (canvas_h, canvas_w)
-        self._pad = (self.margin, canvas_h - self.height - self.margin,
-                     self.margin, canvas_w - self.width - self.margin)
+            self.window = (min(self.tile + 2 * self.margin, canvas_h),
+                           min(self.tile + 2 * self.margin, canvas_w))
+            self.origins, self.cores = [], []
+            for r in range(rows):
+                for c in range(cols):
+                    y, x = r * self.tile, c * self.tile
+                    self.origins.append((_window_start(y, self.margin, self.window[0], canvas_h),
+                                         _window_start(x, self.margin, self.window[1], canvas_w)))
+                    self.cores.append((y, x, min(y + self.tile, canvas_h),
+                                       min(x + self.tile, canvas_w)))
         self._canvas = np.empty((canvas_h, canvas_w, 3), np.uint8)
         self._batch = np.empty(self.batch_shape, np.float32)
-        self._assembled = (None if self.tile == 0 else
-                           np.empty((3, self.grid[0] * self.tile, self.grid[1] * self.tile), np.float32))
+        self._assembled = (None if self.tile == 0 else np.empty((3, canvas_h, canvas_w), np.float32))
 
     @property
     def batch_shape(self) -> tuple:
@@ -79,12 +88,14 @@ class Tiler:
         if frame.shape[:2] != (self.height, self.width):
             raise ValueError(f"frame is {frame.shape[1]}x{frame.shape[0]}, tiler was built for "
                              f"{self.width}x{self.height}")
-        top, bottom, left, right = self._pad
-        if max(top, bottom) < self.height and max(left, right) < self.width:
-            return cv2.copyMakeBorder(frame, top, bottom, left, right, cv2.BORDER_REFLECT_101,
+        bottom, right = self.canvas_shape[0] - self.height, self.canvas_shape[1] - self.width
+        if bottom == right == 0:
+            return frame
+        if bottom < self.height and right < self.width:
+            return cv2.copyMakeBorder(frame, 0, bottom, 0, right, cv2.BORDER_REFLECT_101,
                                       dst=self._canvas)
         # Pads wider than the frame: numpy's reflect keeps folding where OpenCV refuses.
-        self._canvas[...] = np.pad(frame, ((top, bottom), (left, right), (0, 0)), mode="reflect")
+        self._canvas[...] = np.pad(frame, ((0, bottom), (0, right), (0, 0)), mode="reflect")
         return self._canvas
 
     def to_batch(self, frame: np.ndarray) -> np.ndarray:
@@ -97,18 +108,16 @@ class Tiler:
         return self._batch
 
     def from_batch(self, out: np.ndarray) -> np.ndarray:
-        m, H, W = self.margin, self.height, self.width
+        H, W = self.height, self.width
         if self.tile == 0:
-            return out[0, :, m:m + H, m:m + W]
-        t = self.tile
-        for k, (y, x) in enumerate(self.origins):
-            self._assembled[:, y:y + t, x:x + t] = out[k, :, m:m + t, m:m + t]
+            return out[0, :, :H, :W]
+        for k, ((wy, wx), (y0, x0, y1, x1)) in enumerate(zip(self.origins, self.cores)):
+            self._assembled[:, y0:y1, x0:x1] = out[k, :, y0 - wy:y1 - wy, x0 - wx:x1 - wx]
         return self._assembled[:, :H, :W]
 
     def describe(self) -> str:
         if self.tile == 0:
-            return (f"whole frame {self.window[1]}x{self.window[0]} "
-                    f"(margin {self.margin}, {self.work_ratio:.2f}x work)")
+            return f"whole frame {self.window[1]}x{self.window[0]} ({self.work_ratio:.2f}x work)"
         rows, cols = self.grid
         return (f"{rows}x{cols} tiles of {self.tile} in {self.window[1]}x{self.window[0]} windows "
                 f"(margin {self.margin}, {self.work_ratio:.2f}x work)")

@@ -55,9 +55,21 @@ def test_tiles_run_as_one_aligned_batch(engine):
 
 
 def test_tile_rounds_to_size_multiple():
-    t = Tiler(100, 100, tile=50, receptive_radius=100, size_multiple=32)
+    t = Tiler(1000, 1000, tile=50, receptive_radius=100, size_multiple=32)
     assert t.tile == 64 and t.margin == 128
     assert t.window == (64 + 256, 64 + 256)
+
+
+def test_windows_never_exceed_the_canvas():
+    t = Tiler(100, 130, tile=64, receptive_radius=100, size_multiple=32)
+    assert t.canvas_shape == (128, 160) and t.window == (128, 160)
+
+
+@pytest.mark.parametrize("h,w,multiple", [(720, 1280, 16), (480, 640, 32), (1080, 1920, 8)])
+def test_whole_frame_costs_no_more_than_the_frame(h, w, multiple):
+    # Whole-frame inference needs no context margin: the canvas edge is the frame edge.
+    t = Tiler(h, w, tile=0, receptive_radius=115, size_multiple=multiple)
+    assert t.work_ratio == 1.0
 
 
 def test_batch_is_rgb_scaled_to_unit_range():
