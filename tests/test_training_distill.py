@@ -192,3 +192,20 @@ def test_teacher_progressive_stages_and_schedule():
     assert teacher.lr_factor(0, opts) == pytest.approx(0.1)
     assert teacher.lr_factor(9, opts) == pytest.approx(1.0)
     assert teacher.lr_factor(200, opts) == pytest.approx(opts.min_lr / opts.lr)
+
+
+def test_interrupted_distillation_saves_a_resumable_checkpoint(image_dir, teacher_file, tmp_path, monkeypatch):
+    from training import distributed
+    calls = {"n": 0}
+
+    def requested(self):
+        calls["n"] += 1
+        return calls["n"] > 2  # Ctrl-C arrives during the third step
+    monkeypatch.setattr(distributed.StopRequest, "requested", requested)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match="stopped at step 2.*--resume"):
+        distill.main(distill_args(image_dir, teacher_file, out, "--max-steps", "5"))
+    assert load_checkpoint(out / "last.pt")["train_state"]["step"] == 2
+    monkeypatch.undo()
+    distill.main(distill_args(image_dir, teacher_file, out, "--max-steps", "5", "--resume"))
+    assert load_checkpoint(out / "last.pt")["train_state"]["step"] == 5

@@ -244,8 +244,9 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     bar = tqdm(total=total_steps, initial=step, desc="distill", unit="step", disable=not main_process,
                dynamic_ncols=True)
     started, samples_seen, loss_sum, loss_parts, logged = time.time(), 0, 0.0, {}, 0
+    stop = distributed.StopRequest(runtime)
     for batch in loader:
-        if step >= total_steps:
+        if step >= total_steps or stop.requested():
             break
         inputs = batch[0].to(device, non_blocking=True)
         sharp = batch[1].to(device, non_blocking=True) if has_sharp else None
@@ -277,11 +278,16 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
                       lr=optimizer.param_groups[0]["lr"])
             loss_sum, loss_parts, logged = 0.0, {}, 0
         end_of_epoch = step % steps_per_epoch == 0
-        if (opts.eval_every and step % opts.eval_every == 0) or (end_of_epoch and step != total_steps):
+        due = step % opts.eval_every == 0 if opts.eval_every else end_of_epoch
+        if due and step != total_steps:
             validate()
         if step % opts.ckpt_every == 0 and step != total_steps:
             save()
     bar.close()
+    stop.restore()
+    if step < total_steps:
+        save()
+        raise SystemExit(f"stopped at step {step}: {last} saved; continue with --resume")
 
     # --- save -------------------------------------------------------------------------
     final = validate()

@@ -79,3 +79,33 @@ def autocast(device: torch.device, bf16: bool):
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM ask the loop to stop at the next step boundary, so the run
+    saves a consistent checkpoint (never half an optimizer step) and can ``--resume``.
+    Under DDP the ranks agree on the stop, so none is left waiting in an all-reduce."""
+
+    def __init__(self, runtime: Runtime):
+        import signal
+        import threading
+        self.runtime, self.flag = runtime, False
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._request)
+
+    def _request(self, signum, frame):
+        self.flag = True
+
+    def requested(self) -> bool:
+        if not self.runtime.distributed:
+            return self.flag
+        t = torch.tensor([1.0 if self.flag else 0.0], device=self.runtime.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def restore(self) -> None:
+        import signal
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

@@ -206,10 +206,11 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
                dynamic_ncols=True)
     started, samples_seen, loss_sum, logged = time.time(), 0, 0.0, 0
     plan = stages(opts)
+    stop = distributed.StopRequest(runtime)
     for index, (first, patch, batch_size) in enumerate(plan):
         stage_end = plan[index + 1][0] if index + 1 < len(plan) else total_steps
         stage_end = min(stage_end, total_steps)
-        if step >= stage_end:
+        if step >= stage_end or stop.flag:
             continue
         train_set = datasets.train_dataset(source, crop=patch, degradation=opts.degradation,
                                            seed=opts.seed + 1000 * index,
@@ -229,7 +230,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
             tqdm.write(f"stage {index + 1}/{len(plan)}: {patch}×{patch} crops, batch {batch_size}",
                        file=sys.stderr)
         for inputs, sharp in datasets.make_loader(train_set, sampler, batch_size, device, workers):
-            if step >= stage_end:
+            if step >= stage_end or stop.requested():
                 break
             inputs = inputs.to(device, non_blocking=True)
             sharp = sharp.to(device, non_blocking=True)
@@ -257,6 +258,10 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
             if step % opts.ckpt_every == 0 and step != total_steps:
                 save(with_train_state=True)
     bar.close()
+    stop.restore()
+    if step < total_steps:
+        save(with_train_state=True)
+        raise SystemExit(f"stopped at step {step}: {last} saved; continue with --resume")
 
     # --- save -------------------------------------------------------------------------
     final = validate()
