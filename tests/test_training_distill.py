@@ -209,3 +209,32 @@ def test_interrupted_distillation_saves_a_resumable_checkpoint(image_dir, teache
     monkeypatch.undo()
     distill.main(distill_args(image_dir, teacher_file, out, "--max-steps", "5", "--resume"))
     assert load_checkpoint(out / "last.pt")["train_state"]["step"] == 5
+
+
+def test_teacher_fine_tunes_from_released_layout_weights(image_dir, tmp_path):
+    torch.manual_seed(0)
+    model = Restormer(**RESTORMER_PRESETS["tiny"])
+    released = tmp_path / "motion_deblurring.pth"
+    torch.save({"params": model.state_dict()}, released)  # the layout of the released files
+    out = tmp_path / "ft"
+    teacher.main(teacher_args(image_dir, out, "--init", str(released), "--max-steps", "1"))
+    tuned = load_restormer(out / "teacher.pt")
+    assert tuned.config == model.config
+    with pytest.raises(SystemExit, match="error: --init"):
+        bad = tmp_path / "bad.pth"
+        bad.write_bytes(b"junk")
+        teacher.main(teacher_args(image_dir, tmp_path / "x", "--init", str(bad), "--max-steps", "1"))
+
+
+def test_distill_on_paired_folders_with_original_resize_protocol(teacher_file, tmp_path):
+    rng = np.random.default_rng(5)
+    for i in range(5):
+        sharp = textured_image(rng, 80)
+        cv2.imwrite(str((tmp_path / "sharp").mkdir(exist_ok=True) or tmp_path / "sharp" / f"{i:04d}.png"), sharp)
+        blurred = cv2.GaussianBlur(sharp, (0, 0), 0.5)
+        cv2.imwrite(str((tmp_path / "blur").mkdir(exist_ok=True) or tmp_path / "blur" / f"{i:04d}.png"), blurred)
+    result = distill.main(["--paired", str(tmp_path / "blur"), str(tmp_path / "sharp"), "--resize", "64",
+                           "--crop", "64", "--teacher", str(teacher_file), "--out", str(tmp_path / "run"),
+                           "--batch-size", "2", "--max-steps", "2", "--device", "cpu"])
+    assert result["data"]["kind"] == "paired" and result["data"]["val_files"] >= 1
+    assert result["validation"]["baseline"]["input_psnr"] > 30  # σ 0.5 blur: the input is already close
