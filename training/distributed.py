@@ -49,7 +49,10 @@ def setup(device_choice: str) -> Runtime:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-        dist.init_process_group("nccl", device_id=device)
+        try:  # device_id binds the communicator eagerly (torch >= 2.3); older torch lacks it
+            dist.init_process_group("nccl", device_id=device)
+        except TypeError:
+            dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
     return Runtime(device, rank, world, local_rank)
