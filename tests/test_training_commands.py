@@ -111,3 +111,14 @@ def test_report_markdown_has_every_preset_and_baseline():
                                                  "720p_whole_frame_ms": 50.0}), threads=2, notes=["n"])
     md = evaluate.report_markdown(report)
     assert "| seed |" in md and "unsharp mask" in md and "20.0 frames/s" in md
+
+
+def test_two_process_ddp_teacher_on_cpu(image_dir, tmp_path):
+    out = tmp_path / "teacher"
+    run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training.teacher",
+            "--preset", "tiny", "--data", str(image_dir), "--out", str(out), "--crop", "32", "--batch-size", "2",
+            "--crops-per-image", "2", "--max-steps", "2", "--device", "cpu", "--log-every", "1")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["last.pt", "teacher.pt", "metrics.json", "log.jsonl", "loss.png"])
