@@ -8,13 +8,13 @@ checkpoints from the internet are untrusted.
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
+from models.atomic_file import write_atomically
 from models.restormer import Restormer, restormer_config_from_state_dict
 from models.student import ResidualUNet
 
@@ -28,42 +28,12 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path, *, arch: str, config: dict, state_dict: dict, meta: dict | None = None,
                     train_state: dict | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(format=FORMAT, version=VERSION, arch=arch, config=config,
                    state_dict={k: v.detach().cpu() for k, v in state_dict.items()},
                    meta=meta or {}, train_state=train_state)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, readable_mode())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def readable_mode() -> int:
-    """The mode a plain open() would give a new file; mkstemp's 0600 would make shipped
-    models unreadable to other users."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on Windows.
-    if os.name == "posix":
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return write_atomically(path, buffer.getvalue())
 
 
 def read_checkpoint_file(path):

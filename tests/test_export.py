@@ -36,6 +36,7 @@ def test_contract_inputs_outputs_and_metadata(realtime_onnx):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert inp.name == "image" and inp.type == "tensor(float)"
+    assert out.name == "sharpened" and out.type == "tensor(float)"
     assert inp.shape[1] == 3 and all(isinstance(d, str) for d in (inp.shape[0], *inp.shape[2:]))
     meta = session.get_modelmeta().custom_metadata_map
     assert meta["sharpcam.preset"] == "realtime"

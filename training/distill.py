@@ -148,7 +148,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     has_sharp = source.kind != "unpaired"
 
     # --- resume -----------------------------------------------------------------------
-    step, records = 0, None
+    step = 0
     last = out / "last.pt"
     if opts.resume and last.is_file():
         try:

@@ -26,7 +26,8 @@ from training import data as datasets
 from training import degrade, distributed
 from training.options import option, parse_options
 from training.quality import psnr, ssim, unsharp_mask
-from training.runlog import write_atomic, write_json
+from models.atomic_file import write_atomically
+from training.runlog import write_json
 
 Restorer = Callable[[np.ndarray], np.ndarray]  # H×W×3 float RGB [0, 1] -> same
 PRESETS = ["clean", "seed", *degrade.COMPONENTS]
@@ -153,7 +154,7 @@ METHOD_TITLES = {"input": "degraded input", "unsharp": "unsharp mask", "teacher"
 
 def report_markdown(report: dict) -> str:
     methods = [m for m in METHOD_TITLES if any(m in row for row in report["table"].values())]
-    lines = [f"# SharpCam held-out evaluation",
+    lines = ["# SharpCam held-out evaluation",
              "",
              f"{report['images']} held-out images ({report['source']}), centre {report['crop']}×"
              f"{report['crop']} crops; PSNR (dB) / SSIM against the sharp image, mean over images "
@@ -279,7 +280,7 @@ def main(argv=None) -> dict:
                   seconds=time.time() - started, options=asdict(opts))
     write_json(out / "report.json", report)
     markdown = report_markdown(report)
-    write_atomic(out / "report.md", markdown.encode())
+    write_atomically(out / "report.md", markdown.encode())
     grid_preset = "defocus"
     columns = {k: restorers[k] for k in ("student_onnx", "teacher") if k in restorers}
     save_grid(out / "grid.png", pairs[grid_preset][:4], columns,

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ import onnx
 import torch
 
 from models import CheckpointError, load_checkpoint, student_from_config
-from models.checkpoint import readable_mode
+from models.atomic_file import write_atomically
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -82,21 +80,6 @@ def max_parity_error(model, onnx_model: onnx.ModelProto, images: list[np.ndarray
             raise ExportError(f"ONNX output shape {got.shape} differs from torch's {expected.shape}")
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, readable_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export_student(model, onnx_path, *, meta: dict | None = None,

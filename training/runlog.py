@@ -4,33 +4,19 @@ state a resumed run restores. All files are written atomically or appended line 
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from models.atomic_file import write_atomically
 
 
 def write_json(path: Path, obj) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+    write_atomically(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
 class JsonLog:
@@ -48,7 +34,7 @@ class JsonLog:
                 if rec.get("step", 0) <= resume_step:
                     self.records.append(rec)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
+        write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
 
     def write(self, **record) -> None:
         self.records.append(record)
@@ -104,8 +90,7 @@ def plot_curves(records: list[dict], path: Path, title: str) -> None:
     ax_val.set_ylabel("PSNR (dB)")
     ax_val.set_title("validation (held-out files)")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomically(path, buffer.getvalue())

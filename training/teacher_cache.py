@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from training.runlog import write_atomic
+from models.atomic_file import write_atomically
 
 
 def file_digest(path: Path) -> str:
@@ -70,7 +70,7 @@ def build_pool(dataset: Dataset, teacher: torch.nn.Module, size: int, device: to
 def save_pool(path: Path, pool: dict[str, torch.Tensor]) -> None:
     buffer = io.BytesIO()
     torch.save(pool, buffer)
-    write_atomic(path, buffer.getvalue())
+    write_atomically(path, buffer.getvalue())
 
 
 class CachedPool(Dataset):
