@@ -250,14 +250,15 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
             break
         inputs = batch[0].to(device, non_blocking=True)
         sharp = batch[1].to(device, non_blocking=True) if has_sharp else None
-        if cached:
-            target_teacher = batch[-1].to(device, non_blocking=True)
-        else:
-            with torch.no_grad(), distributed.autocast(device, bf16):
-                target_teacher = teacher(inputs).float()
         with distributed.autocast(device, bf16):
             prediction = model(inputs).float()
-        loss_teacher = F.l1_loss(prediction, target_teacher)
+        if beta == 0:  # ground truth alone: running the teacher would be wasted work
+            loss_teacher = torch.zeros((), device=device)
+        elif cached:
+            loss_teacher = F.l1_loss(prediction, batch[-1].to(device, non_blocking=True))
+        else:
+            with torch.no_grad(), distributed.autocast(device, bf16):
+                loss_teacher = F.l1_loss(prediction, teacher(inputs).float())
         loss_sharp = F.l1_loss(prediction, sharp) if sharp is not None else torch.zeros((), device=device)
         loss = alpha * loss_sharp + beta * loss_teacher
         optimizer.zero_grad(set_to_none=True)
