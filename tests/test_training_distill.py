@@ -238,3 +238,20 @@ def test_distill_on_paired_folders_with_original_resize_protocol(teacher_file, t
                            "--batch-size", "2", "--max-steps", "2", "--device", "cpu"])
     assert result["data"]["kind"] == "paired" and result["data"]["val_files"] >= 1
     assert result["validation"]["baseline"]["input_psnr"] > 30  # σ 0.5 blur: the input is already close
+
+
+def test_ground_truth_only_runs_the_teacher_for_the_validation_baseline_alone(
+        image_dir, teacher_file, tmp_path, monkeypatch):
+    calls = []
+    original = distill.load_teacher
+
+    def counting_teacher(path, device):
+        model, resolved = original(path, device)
+        model.register_forward_hook(lambda *args: calls.append(1))
+        return model, resolved
+
+    monkeypatch.setattr(distill, "load_teacher", counting_teacher)
+    distill.main(distill_args(image_dir, teacher_file, tmp_path / "run", "--alpha", "1", "--beta", "0",
+                              "--max-steps", "4"))
+    assert len(calls) == 1  # the held-out baseline, once; no training batch
+    assert all(r["loss_teacher"] == 0.0 for r in train_records(tmp_path / "run"))

@@ -258,7 +258,8 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
             loss_teacher = F.l1_loss(prediction, batch[-1].to(device, non_blocking=True))
         else:
             with torch.no_grad(), distributed.autocast(device, bf16):
-                loss_teacher = F.l1_loss(prediction, teacher(inputs).float())
+                target_teacher = teacher(inputs).float()
+            loss_teacher = F.l1_loss(prediction, target_teacher)
         loss_sharp = F.l1_loss(prediction, sharp) if sharp is not None else torch.zeros((), device=device)
         loss = alpha * loss_sharp + beta * loss_teacher
         optimizer.zero_grad(set_to_none=True)
