@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import CheckpointError, build_student, load_restormer, STUDENT_PRESETS
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import save_checkpoint
 from training import data as datasets
 from training import distributed, teacher_cache
 from training.options import option, parse_options
 from training.quality import batch_scores
-from training.runlog import JsonLog, plot_curves, restore_rng, rng_state, write_json
+from training import runlog
+from training.runlog import JsonLog, plot_curves, rng_state, write_json
 
 DEFAULT_TEACHER = Path("checkpoints/motion_deblurring.pth")
 TEACHER_HELP = (
@@ -148,25 +149,8 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     has_sharp = source.kind != "unpaired"
 
     # --- resume -----------------------------------------------------------------------
-    step = 0
     last = out / "last.pt"
-    if opts.resume and last.is_file():
-        try:
-            ckpt = load_checkpoint(last)
-        except CheckpointError as e:
-            raise SystemExit(f"error: cannot resume: {e}") from None
-        if ckpt["config"] != student.config:
-            raise SystemExit(f"error: {last} holds a different student ({ckpt['config']}); "
-                             "use the same --student or another --out")
-        student.load_state_dict(ckpt["state_dict"])
-        state = ckpt["train_state"]
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"])
-        step = int(state["step"])
-        if main_process:
-            print(f"resuming from {last} at step {step}", file=sys.stderr)
-    elif opts.resume and main_process:
-        print(f"note: --resume but no {last} yet; starting from scratch", file=sys.stderr)
+    step = runlog.resume(last, student, optimizer, what="student", verbose=main_process) if opts.resume else 0
     log = JsonLog(out / "log.jsonl", resume_step=step) if main_process else None
 
     model = student

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import random
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from models.atomic_file import write_atomically
+from models.checkpoint import CheckpointError, load_checkpoint
 
 
 def write_json(path: Path, obj) -> None:
@@ -94,3 +96,29 @@ def plot_curves(records: list[dict], path: Path, title: str) -> None:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     write_atomically(path, buffer.getvalue())
+
+
+def resume(last: Path, model, optimizer, scheduler=None, *, what: str, verbose: bool = True) -> int:
+    """Restore weights, optimizer (and scheduler) state and RNG from ``last``; returns the
+    step to continue from, 0 when there is nothing to resume yet."""
+    if not last.is_file():
+        if verbose:
+            print(f"note: --resume but no {last} yet; starting from scratch", file=sys.stderr)
+        return 0
+    try:
+        ckpt = load_checkpoint(last)
+    except CheckpointError as e:
+        raise SystemExit(f"error: cannot resume: {e}") from None
+    if ckpt["config"] != model.config:
+        raise SystemExit(f"error: {last} holds a different {what} ({ckpt['config']}); "
+                         "use the same model options or another --out")
+    model.load_state_dict(ckpt["state_dict"])
+    state = ckpt["train_state"]
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state["rng"])
+    step = int(state["step"])
+    if verbose:
+        print(f"resuming from {last} at step {step}", file=sys.stderr)
+    return step

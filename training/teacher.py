@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import CheckpointError, RESTORMER_PRESETS, Restormer, load_restormer
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import save_checkpoint
 from training import data as datasets
 from training import distributed
 from training.options import option, parse_options
 from training.quality import batch_scores
-from training.runlog import JsonLog, plot_curves, restore_rng, rng_state, write_json
+from training import runlog
+from training.runlog import JsonLog, plot_curves, rng_state, write_json
 
 
 @dataclass
@@ -134,26 +135,9 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
                                   betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, opts))
 
-    step = 0
     last = out / "last.pt"
-    if opts.resume and last.is_file():
-        try:
-            ckpt = load_checkpoint(last)
-        except CheckpointError as e:
-            raise SystemExit(f"error: cannot resume: {e}") from None
-        if ckpt["config"] != model.config:
-            raise SystemExit(f"error: {last} holds a different Restormer configuration; "
-                             "use the same --preset/--init or another --out")
-        model.load_state_dict(ckpt["state_dict"])
-        state = ckpt["train_state"]
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
-        step = int(state["step"])
-        if main_process:
-            print(f"resuming from {last} at step {step}", file=sys.stderr)
-    elif opts.resume and main_process:
-        print(f"note: --resume but no {last} yet; starting from scratch", file=sys.stderr)
+    step = (runlog.resume(last, model, optimizer, scheduler, what="Restormer configuration",
+                          verbose=main_process) if opts.resume else 0)
     log = JsonLog(out / "log.jsonl", resume_step=step) if main_process else None
 
     network = torch.compile(model) if opts.compile else model
