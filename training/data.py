@@ -447,13 +447,14 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch_size: int, device: tor
         prefetch_factor=4 if workers > 0 else None)
 
 
-def default_crop(device: torch.device, gpu: int, cpu: int) -> int:
+def default_crop(device: torch.device, announce: bool = True) -> int:
     """The crop size when none is given: CPU runs are smoke runs, so they get small crops."""
     if device.type == "cuda":
-        return gpu
-    print(f"note: on CPU crops default to {cpu}×{cpu} to keep runs short; pass --crop {gpu} for the "
-          "full-size protocol", file=sys.stderr)
-    return cpu
+        return 256
+    if announce:
+        print("note: on CPU crops default to 128×128 to keep runs short; pass --crop 256 for the "
+              "full-size protocol", file=sys.stderr)
+    return 128
 
 
 def default_workers(device: torch.device) -> int:

@@ -102,10 +102,8 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     device, main_process = runtime.device, runtime.is_main
     out = Path(opts.out)
     bf16 = opts.bf16 if opts.bf16 is not None else device.type == "cuda"
-    if opts.crop is None and main_process:
-        opts.crop = datasets.default_crop(device, gpu=256, cpu=128)
-    elif opts.crop is None:
-        opts.crop = 256 if device.type == "cuda" else 128
+    if opts.crop is None:
+        opts.crop = datasets.default_crop(device, announce=main_process)
     if opts.crop % 32:
         raise SystemExit(f"error: --crop {opts.crop} must be a multiple of 32 (the student's size multiple)")
     alpha, beta = (0.0, 1.0) if opts.unpaired else (opts.alpha, opts.beta)
