@@ -48,7 +48,8 @@ def test_released_params_file_loads_strictly_and_reproduces_output(tmp_path):
     assert not loaded.training
     x = torch.rand(2, 3, 40, 56)
     with torch.no_grad():
-        assert torch.equal(loaded(x), source(x))
+        # Same weights in separate tensors: oneDNN may pick another kernel and round differently.
+        torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("config", [
@@ -69,7 +70,8 @@ def test_configuration_is_read_back_from_tensors(config, tmp_path):
     loaded = load_restormer(path)
     x = torch.rand(1, config["inp_channels"], 24, 32)
     with torch.no_grad():
-        assert torch.equal(loaded(x), source(x))
+        # Same weights in separate tensors: oneDNN may pick another kernel and round differently.
+        torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=1e-6)
 
 
 def test_released_configuration_is_read_back_from_reference_shapes():
