@@ -1,26 +1,41 @@
 """The Residual UNet student: the network SharpCam runs on every frame.
 
-One class, `ResidualUNet`, covers both presets:
-- `seed` is the original project's network, kept as the comparison point;
-- `realtime` is built for a laptop CPU: a pixel-unshuffle stem so the UNet works at a
-  quarter of the resolution, a PixelShuffle head, and a global residual whose last layer
-  starts at zero, so an untrained model is exactly the identity.
+One class, `ResidualUNet`, covers every preset. The encoder/decoder with a residual
+block in each stage and skip connections is the original project's; what changes
+between presets is the resolution it works at and what its head predicts:
+- `seed` is the original network (64/128/256 channels, RGB out), the comparison point;
+- `pixels` works at a quarter of the resolution behind a pixel-unshuffle stem and
+  predicts the residual pixels through a PixelShuffle head (the first real-time design,
+  kept because the sweep in MODEL_CARD.md shows why it was replaced: it cannot learn);
+- `realtime` (the default) is a learned, content-aware unsharp mask: the same
+  quarter-resolution UNet predicts, per pixel, a gain for each of a few fixed
+  band-pass layers of the full-resolution frame's luma, and the output is
+  ``frame + Σₖ gainₖ · bandₖ``. The network decides where to sharpen and by how much
+  (edges up, flat noisy areas down); the detail itself comes from the full-resolution
+  frame, so the cheap low-resolution network never has to reproduce it. The same idea
+  as HDRNet's and basis-filter networks' low-resolution predictors.
+Every real-time head starts at zero, so an untrained model is exactly the identity.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 STUDENT_PRESETS: dict[str, dict] = {
     # 64/128/256 channels at full/half/quarter resolution, 1×1 output conv, no residual.
     "seed": dict(widths=[64, 128, 256], blocks=[1, 1, 1], unshuffle=1, head_kernel=1,
-                 global_residual=False),
-    # Works at 1/4 resolution (4×4 pixel blocks as 48 channels), two more levels below.
-    # About 2.9 GFLOP per 1280×720 frame; level 1 (stem, head, 48-channel pixel blocks)
-    # dominates the cost, so capacity goes to the cheaper levels below it.
+                 global_residual=False, bands=[]),
+    # 1/4 resolution (4×4 pixel blocks as 48 channels), residual pixels out: ~2.9 GFLOP/720p.
+    "pixels": dict(widths=[12, 24, 48], blocks=[1, 1, 1], unshuffle=4, head_kernel=3,
+                   global_residual=True, bands=[]),
+    # The same 1/4-resolution UNet, gains for three full-resolution luma bands out
+    # (box filters 3, 5, 9: σ ≈ 0.8, 1.6, 3.1).
     "realtime": dict(widths=[12, 24, 48], blocks=[1, 1, 1], unshuffle=4, head_kernel=3,
-                     global_residual=True),
+                     global_residual=True, bands=[3, 5, 9]),
 }
 
 
@@ -47,7 +62,7 @@ class SpaceToDepth(nn.Module):
 
     Same information as nn.PixelUnshuffle, in the order of onnxruntime's SpaceToDepth
     kernel, so it exports as that one op instead of a 6-D transpose that costs about a
-    third of the realtime student's time at 720p on a CPU."""
+    third of a quarter-resolution student's time at 720p on a CPU."""
 
     def __init__(self, block):
         super().__init__()
@@ -57,6 +72,39 @@ class SpaceToDepth(nn.Module):
         if torch.onnx.is_in_onnx_export():
             return _SpaceToDepthOp.apply(x, self.block)
         return space_to_depth(x, self.block)
+
+
+# ITU-R BT.601 luma weights: the bands and their gains act on brightness only, so
+# sharpening never shifts colours and chroma noise is never amplified.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+class LumaBands(nn.Module):
+    """Fixed band-pass layers of the frame's luma: Y − B₁Y, B₁Y − B₂B₁Y, …
+
+    Each Bₖ is a box filter of the given size (stride 1, borders averaged over the pixels
+    inside the frame); cascaded, they approach Gaussians (3, 5, 9 give σ ≈ 0.8, 1.6, 3.1).
+    Box filters rather than Gaussian convolutions because onnxruntime's pooling kernels
+    run them at full resolution for about a tenth of the cost of depthwise convolutions,
+    and the full-resolution part is what bounds a real-time student's speed.
+    The bands sum to Y − B_K⋯B₁Y exactly."""
+
+    def __init__(self, box_sizes):
+        super().__init__()
+        if not box_sizes or any(k < 3 or k % 2 == 0 for k in box_sizes):
+            raise ValueError(f"band box sizes must be odd and at least 3, got {list(box_sizes)}")
+        self.box_sizes = list(box_sizes)
+
+    @property
+    def radius(self) -> int:
+        return sum(k // 2 for k in self.box_sizes)
+
+    def forward(self, luma):
+        """A list of K bands, each N×1×H×W."""
+        levels = [luma]
+        for k in self.box_sizes:
+            levels.append(F.avg_pool2d(levels[-1], k, stride=1, padding=k // 2, count_include_pad=False))
+        return [fine - coarse for fine, coarse in zip(levels[:-1], levels[1:])]
 
 
 class ResidualBlock(nn.Module):
@@ -89,20 +137,33 @@ class ResidualUNet(nn.Module):
     """Encoder/decoder with a residual block in every stage and additive skips.
 
     Input and output: N×3×H×W RGB in [0, 1]; H and W must be multiples of `size_multiple`.
+    With `bands` (box sizes of `LumaBands`) the head predicts one gain per band at the
+    UNet's resolution, up-sampled bilinearly to the frame; the gain-weighted bands are
+    added to R, G and B alike.
     """
 
     arch = "residual_unet"
 
-    def __init__(self, widths=(24, 32, 48), blocks=(1, 1, 1), unshuffle=4, head_kernel=3,
-                 global_residual=True, in_channels=3, preset=None):
+    def __init__(self, widths, blocks, unshuffle, head_kernel, global_residual, bands=(),
+                 luma_input=False, in_channels=3, preset=None):
         super().__init__()
         if len(widths) != len(blocks) or len(widths) < 1:
             raise ValueError("widths and blocks need one entry per stage")
+        if bands and not global_residual:
+            raise ValueError("band gains sharpen the input: they need global_residual=True")
         self.config = dict(preset=preset, widths=list(widths), blocks=list(blocks),
                            unshuffle=unshuffle, head_kernel=head_kernel,
-                           global_residual=global_residual, in_channels=in_channels)
+                           global_residual=global_residual, bands=list(bands),
+                           luma_input=luma_input, in_channels=in_channels)
         self.global_residual = global_residual
-        stem_channels = in_channels * unshuffle * unshuffle
+        if (bands or luma_input) and in_channels != 3:
+            raise ValueError("luma bands and luma input need RGB images (in_channels=3)")
+        if luma_input and not bands:
+            raise ValueError("luma_input needs bands: a luma-only network can only predict band gains")
+        self.luma_input = luma_input
+        stem_channels = (1 if luma_input else in_channels) * unshuffle * unshuffle
+        self.register_buffer("luma_weights", torch.tensor(LUMA_WEIGHTS).reshape(1, 3, 1, 1),
+                             persistent=False)
         self.unshuffle = SpaceToDepth(unshuffle) if unshuffle > 1 else nn.Identity()
 
         self.encoders = nn.ModuleList()
@@ -116,8 +177,15 @@ class ResidualUNet(nn.Module):
         self.decoders = nn.ModuleList(
             DecoderStage(widths[i + 1], widths[i], blocks[i]) for i in reversed(range(len(widths) - 1))
         )
-        self.head = nn.Conv2d(widths[0], stem_channels, head_kernel, padding=head_kernel // 2)
-        self.shuffle = nn.PixelShuffle(unshuffle) if unshuffle > 1 else nn.Identity()
+        if bands:
+            self.bands = LumaBands(bands)
+            head_channels = len(bands)
+            self.shuffle = None
+        else:
+            self.bands = None
+            head_channels = stem_channels
+            self.shuffle = nn.PixelShuffle(unshuffle) if unshuffle > 1 else nn.Identity()
+        self.head = nn.Conv2d(widths[0], head_channels, head_kernel, padding=head_kernel // 2)
         if global_residual:
             # Zero detail at start: the untrained model passes frames through untouched.
             nn.init.zeros_(self.head.weight)
@@ -150,10 +218,22 @@ class ResidualUNet(nn.Module):
             lo, hi = lo - 2 * blocks[i] * scale, hi + 2 * blocks[i] * scale
         pad = self.config["head_kernel"] // 2 * scale
         lo, hi = lo - pad, hi + pad
-        return max(-(lo - (scale - 1)), hi)
+        if self.bands is None:
+            return max(-(lo - (scale - 1)), hi)
+        # Bilinear up-sampling reads the gain cells either side of a pixel's own cell.
+        lo, hi = lo - scale, hi + scale
+        return max(-(lo - (scale - 1)), hi, self.bands.radius)
+
+    def luma(self, image):
+        # A 1×3 matrix product over the flattened planes: onnxruntime runs it as one
+        # memory-bound pass, where a 1×1 conv pads its output to 8 channels and reorders
+        # it, and a multiply-then-sum makes two full-resolution passes.
+        n, _, h, w = image.shape
+        return torch.matmul(self.luma_weights.reshape(1, 3), image.reshape(n, 3, h * w)).reshape(n, 1, h, w)
 
     def forward(self, image):
-        x = self.unshuffle(image)
+        luma = self.luma(image) if self.bands is not None else None
+        x = self.unshuffle(luma if self.luma_input else image)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
@@ -161,8 +241,17 @@ class ResidualUNet(nn.Module):
         skips.pop()
         for decoder in self.decoders:
             x = decoder(x, skips.pop())
-        out = self.shuffle(self.head(x))
-        return image + out if self.global_residual else out
+        x = self.head(x)
+        if self.bands is None:
+            out = self.shuffle(x)
+            return image + out if self.global_residual else out
+        detail = None
+        for gain, band in zip(x.split(1, dim=1), self.bands(luma)):
+            # Up-sampled one band at a time: full-resolution copies are what cost here.
+            term = F.interpolate(gain, scale_factor=self.config["unshuffle"], mode="bilinear",
+                                 align_corners=False) * band
+            detail = term if detail is None else detail + term
+        return image + detail
 
 
 def build_student(preset: str = "realtime", **overrides) -> ResidualUNet:
@@ -171,7 +260,3 @@ def build_student(preset: str = "realtime", **overrides) -> ResidualUNet:
                          f"{', '.join(STUDENT_PRESETS)}")
     config = {**STUDENT_PRESETS[preset], **overrides}
     return ResidualUNet(preset=preset, **config)
-
-
-def student_from_config(config: dict) -> ResidualUNet:
-    return ResidualUNet(**config)

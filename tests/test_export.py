@@ -22,9 +22,9 @@ def trained_looking(model, seed=0):
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def realtime_onnx(tmp_path_factory):
-    model = trained_looking(build_student("realtime"))
+@pytest.fixture(scope="module", params=["realtime", "pixels"])
+def realtime_onnx(request, tmp_path_factory):
+    model = trained_looking(build_student(request.param))
     path = tmp_path_factory.mktemp("export") / "student.onnx"
     error = export_student(model, path, meta={"steps": 7})
     return model, path, error
@@ -39,11 +39,11 @@ def test_contract_inputs_outputs_and_metadata(realtime_onnx):
     assert out.name == "sharpened" and out.type == "tensor(float)"
     assert inp.shape[1] == 3 and all(isinstance(d, str) for d in (inp.shape[0], *inp.shape[2:]))
     meta = session.get_modelmeta().custom_metadata_map
-    assert meta["sharpcam.preset"] == "realtime"
+    assert meta["sharpcam.preset"] == model.config["preset"]
     assert json.loads(meta["sharpcam.config"]) == model.config
     assert json.loads(meta["sharpcam.training"]) == {"steps": 7}
     assert int(meta["sharpcam.receptive_radius"]) == model.receptive_radius
-    assert 32 % int(meta["sharpcam.size_multiple"]) == 0
+    assert int(meta["sharpcam.size_multiple"]) == model.size_multiple
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 720, 1280), (3, 3, 256, 256), (1, 3, 96, 160)])

@@ -34,15 +34,45 @@ def test_presets_keep_the_shape_of_multiples_of_32(preset, size):
         assert model(torch.rand(2, 3, *size)).shape == (2, 3, *size)
 
 
-def test_untrained_realtime_student_is_the_identity():
-    model = build_student("realtime").eval()
+REALTIME_PRESETS = [name for name, config in STUDENT_PRESETS.items() if config["global_residual"]]
+
+
+@pytest.mark.parametrize("preset", REALTIME_PRESETS)
+def test_untrained_realtime_students_are_the_identity(preset):
+    model = build_student(preset).eval()
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(model(x), x)
 
 
-def test_realtime_fits_the_cpu_budget_at_720p():
-    assert gflop(build_student("realtime"), 720, 1280) <= 3.0
+@pytest.mark.parametrize("preset", REALTIME_PRESETS)
+def test_realtime_students_fit_the_cpu_budget_at_720p(preset):
+    assert gflop(build_student(preset), 720, 1280) <= 3.0
+
+
+def test_band_gains_add_a_luma_unsharp_mask_to_every_colour():
+    """A constant gain g on the finest band is x + g·(Y − box3(Y)) on R, G and B alike."""
+    model = build_student("realtime").eval()
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([0.7, 0.0, 0.0]))
+    x = torch.rand(1, 3, 32, 64)
+    y = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]
+    box = torch.nn.functional.avg_pool2d(y, 3, stride=1, padding=1, count_include_pad=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), x + 0.7 * (y - box), rtol=0, atol=1e-6)
+
+
+def test_luma_bands_sum_to_the_fine_minus_the_coarsest_level():
+    from models.student import LumaBands
+    bands = LumaBands([3, 5, 9])
+    y = torch.rand(1, 1, 40, 48)
+    coarse = y
+    for k in (3, 5, 9):
+        coarse = torch.nn.functional.avg_pool2d(coarse, k, stride=1, padding=k // 2, count_include_pad=False)
+    torch.testing.assert_close(sum(bands(y)), y - coarse, rtol=0, atol=1e-6)
+    assert bands.radius == 1 + 2 + 4
+    with pytest.raises(ValueError, match="odd"):
+        LumaBands([3, 4])
 
 
 def test_overrides_change_the_shape_and_unknown_presets_are_named():

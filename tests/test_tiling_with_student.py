@@ -11,9 +11,9 @@ from sharpcam.tiling import Tiler
 from training.export import export_student
 
 
-@pytest.fixture(scope="module")
-def student_engine(tmp_path_factory):
-    model = build_student("realtime")
+@pytest.fixture(scope="module", params=["realtime", "pixels"])
+def student_engine(request, tmp_path_factory):
+    model = build_student(request.param)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():  # far from the identity, so every layer matters

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import torch
 
-from models import CheckpointError, load_checkpoint, student_from_config
+from models import CheckpointError, ResidualUNet, load_checkpoint
 from models.atomic_file import write_atomically
 
 OPSET = 17
@@ -129,7 +129,7 @@ def main(argv=None):
     if payload["arch"] != "residual_unet":
         sys.exit(f"training.export: error: {options.checkpoint} holds a {payload['arch']}; "
                  "only the student (residual_unet) is exported for sharpcam")
-    model = student_from_config(payload["config"])
+    model = ResidualUNet(**payload["config"])
     model.load_state_dict(payload["state_dict"])
     try:
         error = export_student(model, options.output, meta=payload.get("meta") or {})
