@@ -75,3 +75,23 @@ def test_webcam_preset_deterministic_with_untouched_share_byte_equal():
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(SystemExit, match="unknown degradation preset"):
         degrade.get_preset("nope")
+
+
+def test_harsh_preset_is_deterministic_and_harsher_than_webcam():
+    img = textured(64, 64)
+    changes = {"webcam": [], "harsh": []}
+    for seed in range(120):
+        for name in changes:
+            a = degrade.PRESETS[name](img, np.random.default_rng(seed))
+            np.testing.assert_array_equal(a, degrade.PRESETS[name](img, np.random.default_rng(seed)))
+            changes[name].append(np.abs(a - img).mean())
+    assert np.mean(changes["webcam"]) < 0.85 * np.mean(changes["harsh"])
+
+
+def test_every_component_has_a_mild_and_a_moderate_strength_that_orders_them():
+    # Smooth enough to be photo-like: on pixel noise a ×1.5 rescale aliases more than ×2.
+    img = degrade.gaussian_blur(textured(96, 96), np.random.default_rng(0), sigma=1.5)
+    for name in {k.removesuffix("_mild") for k in degrade.COMPONENTS}:
+        mild = degrade.component(f"{name}_mild")(img, np.random.default_rng(0))
+        moderate = degrade.component(name)(img, np.random.default_rng(0))
+        assert np.abs(mild - img).mean() < np.abs(moderate - img).mean(), name

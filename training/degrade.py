@@ -3,8 +3,10 @@
 Every degradation is a pure function ``f(image, rng, **strength) -> image`` on an
 H×W×3 float32 RGB array in [0, 1]; strengths not given are drawn from ``rng`` (a
 ``numpy.random.Generator``), so the same seed always gives the same output.
-Presets (``seed``, ``webcam``) chain them; ``COMPONENTS`` fixes one strength per
-degradation so evaluation can report each one on its own.
+Presets chain them: ``webcam`` (the default: what laptop webcams and calls do, mostly
+mild), ``harsh`` (strong blur and low-light noise) and ``seed`` (the original project's
+σ 0.5 blur). ``COMPONENTS`` fixes a mild and a moderate strength per degradation so
+evaluation can report each one on its own.
 """
 from __future__ import annotations
 
@@ -136,14 +138,21 @@ DEGRADATIONS: dict[str, Callable[..., Image]] = {
     "noise": sensor_noise,
 }
 
-# One fixed, moderate strength per component, for evaluation tables.
+# Each component at a mild and a moderate fixed strength, for evaluation tables: what a
+# slightly soft lens, an indoor sensor, a webcam encoder or a call that drops resolution do.
 COMPONENTS: dict[str, dict] = {
-    "gaussian": dict(sigma=1.2),
-    "defocus": dict(radius=2.5),
-    "motion": dict(length=9.0, angle=30.0),
-    "rescale": dict(factor=2.0, down="area", up="linear"),
-    "jpeg": dict(quality=40),
-    "noise": dict(photons=150.0, read_sigma=0.01),
+    "gaussian_mild": dict(fn="gaussian", sigma=0.7),
+    "gaussian": dict(fn="gaussian", sigma=1.2),
+    "defocus_mild": dict(fn="defocus", radius=1.2),
+    "defocus": dict(fn="defocus", radius=2.0),
+    "motion_mild": dict(fn="motion", length=4.0, angle=30.0),
+    "motion": dict(fn="motion", length=7.0, angle=30.0),
+    "rescale_mild": dict(fn="rescale", factor=1.5, down="area", up="linear"),
+    "rescale": dict(fn="rescale", factor=2.0, down="area", up="linear"),
+    "jpeg_mild": dict(fn="jpeg", quality=75),
+    "jpeg": dict(fn="jpeg", quality=40),
+    "noise_mild": dict(fn="noise", photons=1000.0, read_sigma=0.004),
+    "noise": dict(fn="noise", photons=200.0, read_sigma=0.008),
 }
 
 UNTOUCHED_SHARE = 0.1
@@ -155,11 +164,41 @@ def seed_preset(image: Image, rng: np.random.Generator) -> Image:
 
 
 def webcam_preset(image: Image, rng: np.random.Generator) -> Image:
-    """A random webcam pipeline: optics -> sensor -> scaling -> compression.
+    """What laptop webcams and calls do to a frame: optics -> sensor -> scaling -> codec.
 
-    About 10 % of inputs come back untouched (the same array), so the model also
-    learns to leave sharp frames alone.
+    Mostly mild: softness of σ 0.3–1.6 px (a cheap lens or slightly missed focus),
+    small motion, the residual noise a webcam's own denoiser leaves in daylight or a lit
+    room on a third of the frames, JPEG 50–95, a call's down-up scaling on some. About 10 % come back untouched (the same array), so the
+    model learns to leave sharp frames alone. Strong blur and low-light noise are left
+    to `harsh`: trained on them (or on indoor noise in half the frames), a small network
+    learns that smoothing is the cheapest win and stops sharpening.
     """
+    if rng.random() < UNTOUCHED_SHARE:
+        return image
+    out = image
+    kind = rng.random()
+    if kind < 0.55:
+        out = gaussian_blur(out, rng, sigma=float(rng.uniform(0.3, 1.6)))
+    elif kind < 0.70:
+        out = defocus_blur(out, rng, radius=float(rng.uniform(0.7, 2.2)))
+    elif kind < 0.85:
+        out = motion_blur(out, rng, length=float(rng.uniform(1.5, 7.0)))
+    # else: optics sharp, the rest of the chain only
+    if rng.random() < 0.25:
+        out = rescale(out, rng, factor=float(rng.uniform(1.2, 2.0)),
+                      down=("area", "linear")[int(rng.integers(2))],
+                      up=("linear", "cubic")[int(rng.integers(2))])
+    if rng.random() < 0.35:
+        photons = float(math.exp(rng.uniform(math.log(600.0), math.log(4000.0))))
+        out = sensor_noise(out, rng, photons=photons, read_sigma=float(rng.uniform(0.0, 0.004)))
+    if rng.random() < 0.6:
+        out = jpeg(out, rng, quality=int(rng.integers(50, 96)))
+    return out
+
+
+def harsh_preset(image: Image, rng: np.random.Generator) -> Image:
+    """A harsh random webcam chain (blur up to σ 2, defocus 4 px, motion 15 px, 30-photon
+    noise, JPEG 30): for teachers and experiments. Students trained on it smooth."""
     if rng.random() < UNTOUCHED_SHARE:
         return image
     out = image
@@ -180,7 +219,7 @@ def webcam_preset(image: Image, rng: np.random.Generator) -> Image:
     return out
 
 
-PRESETS: dict[str, Degradation] = {"seed": seed_preset, "webcam": webcam_preset}
+PRESETS: dict[str, Degradation] = {"webcam": webcam_preset, "harsh": harsh_preset, "seed": seed_preset}
 
 
 def get_preset(name: str) -> Degradation:
@@ -191,5 +230,6 @@ def get_preset(name: str) -> Degradation:
 
 def component(name: str) -> Degradation:
     """The named degradation at its fixed evaluation strength (still a function of (image, rng))."""
-    fn, strength = DEGRADATIONS[name], COMPONENTS[name]
+    strength = dict(COMPONENTS[name])
+    fn = DEGRADATIONS[strength.pop("fn")]
     return lambda image, rng: fn(image, rng, **strength)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from models import CheckpointError, RESTORMER_PRESETS, Restormer, load_restormer
 from models.checkpoint import save_checkpoint
 from training import data as datasets
-from training import distributed
+from training import degrade, distributed
 from training.options import option, parse_options
 from training.quality import batch_scores
 from training import runlog
@@ -41,7 +41,7 @@ class Options:
     paired: Optional[list[str]] = option(None, "BLUR_DIR SHARP_DIR, pairs by file name", nargs=2,
                                          metavar=("BLUR_DIR", "SHARP_DIR"))
     resize: Optional[int] = option(None, "paired mode: resize both to R×R first (original protocol: 256)")
-    degradation: str = option("webcam", "synthetic degradation preset", choices=["seed", "webcam"])
+    degradation: str = option("webcam", "synthetic degradation preset", choices=sorted(degrade.PRESETS))
     crop: Optional[int] = option(None, "training crop size, multiple of 8 (default: 256 on CUDA, 128 on CPU)")
     crops_per_image: int = option(16, "random crops per image per epoch")
     val_fraction: float = option(0.15, "share of files held out for validation (by name hash)")
