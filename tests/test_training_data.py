@@ -109,3 +109,20 @@ def test_unpaired_samples_have_no_target(tmp_path):
     source = data.load_source(unpaired=str(tmp_path))
     sample = data.train_dataset(source, crop=32, degradation="webcam", seed=0, crops_per_image=1)[0]
     assert len(sample) == 1 and sample[0].shape == (3, 32, 32)
+
+
+def test_a_corpus_manifest_decides_the_split_and_a_broken_one_is_one_line(tmp_path):
+    import json
+    for name in ("a.png", "b.png", "c.png", "sub/d.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / name), np.full((40, 40, 3), 128, np.uint8))
+    _, hashed_val = data.split_names(["a.png", "b.png", "c.png", "sub/d.png"], 0.15)
+    chosen = "sub/d.png" if hashed_val != ["sub/d.png"] else "a.png"
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"files": [{"file": n, "split": "val" if n == chosen else "train"} for n in ("a.png", "b.png", "sub/d.png")]}))
+    source = data.load_source(data=str(tmp_path))
+    assert [f.relative_to(tmp_path).as_posix() for f in source.val_files] == [chosen]
+    assert len(source.train_files) == 3  # c.png is not in the manifest: a user's addition, trained on
+    (tmp_path / "manifest.json").write_text('{"files": [{"file": "a.png"}]}')
+    with pytest.raises(SystemExit, match="not a readable corpus manifest.*training.corpus"):
+        data.load_source(data=str(tmp_path))

@@ -20,6 +20,7 @@ its installed package are used (read from disk, never downloaded).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +113,36 @@ def split_names(names: Sequence[str], val_fraction: float = 0.15) -> tuple[list[
         if len(val) == len(names):
             val = val[:-1]
     train = [n for n in names if n not in set(val)]
+    return train, val
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The corpus manifest (``python -m training.corpus``) of a data folder, if it has one."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        if not all(entry["split"] in ("train", "val") and isinstance(entry["file"], str) for entry in files):
+            raise ValueError("a file entry without a train/val split")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: {path} is not a readable corpus manifest ({e}); rebuild it with "
+                         f"`python -m training.corpus --out {folder}` or remove it") from None
+    return manifest
+
+
+def manifest_split(manifest: dict, rel: dict, folder: Path) -> tuple[list[str], list[str]]:
+    """Train and held-out names as the corpus manifest records them: the held-out photos
+    were chosen when the corpus was built and must stay held out, whatever --val-fraction
+    says. Images the manifest does not list (a user's additions) are trained on."""
+    split = {entry["file"]: entry["split"] for entry in manifest["files"]}
+    val = sorted(n for n in rel if split.get(n) == "val")
+    train = sorted(n for n in rel if split.get(n) != "val")
+    missing = sorted(set(split) - set(rel))
+    if missing:
+        warn(f"{len(missing)} files listed in {folder}/manifest.json are missing ({', '.join(missing[:3])}"
+             f"{', ...' if len(missing) > 3 else ''})")
     return train, val
 
 
@@ -251,6 +282,38 @@ class UnpairedCrops(Dataset):
         return (to_tensor(frame),)
 
 
+class CropPool(Dataset):
+    """A fixed pool of crops degraded once, reused every epoch with a fresh flip/rotation.
+
+    On a CPU the degradations (blur, noise, JPEG) cost as much as a training step of a
+    small student; paying them once keeps the loop compute-bound. Crops are stored as
+    uint8, as a webcam delivers frames, which also keeps 20,000 96×96 pairs near 1 GB.
+    Items have the shape of the dataset the pool was drawn from."""
+
+    def __init__(self, parts: Sequence[torch.Tensor], seed: int = 0):
+        self.parts, self.seed = list(parts), seed
+
+    @classmethod
+    def build(cls, dataset: Dataset, size: int, seed: int = 0) -> "CropPool":
+        # Keys 0..size-1 draw distinct random crops even past len(dataset).
+        samples = [dataset[i] for i in range(size)]
+        parts = [torch.stack([s[j] for s in samples]).mul(255).round_().clamp_(0, 255).to(torch.uint8)
+                 for j in range(len(samples[0]))]
+        return cls(parts, seed)
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def __getitem__(self, key: int):
+        rng = sample_rng(self.seed + 104729, int(key))
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        out = []
+        for part in self.parts:
+            x = torch.rot90(part[int(key) % len(self)], k, dims=(1, 2))
+            out.append((x.flip(2) if flip else x).float().div_(255))
+        return tuple(out)
+
+
 class EpochSampler(Sampler):
     """Shuffled keys ``epoch * n + index`` for one epoch, sharded over DDP ranks.
 
@@ -309,8 +372,12 @@ def load_source(*, data: str | None = None, paired: Sequence[str] | None = None,
     if unpaired or data:
         folder = Path(unpaired or data)
         files = list_images(folder)
-        rel = {str(f.relative_to(folder)): f for f in files}
-        train_names, val_names = split_names(list(rel), val_fraction)
+        rel = {str(f.relative_to(folder)).replace(os.sep, "/"): f for f in files}
+        manifest = read_manifest(folder)
+        if manifest is not None and not unpaired:
+            train_names, val_names = manifest_split(manifest, rel, folder)
+        else:
+            train_names, val_names = split_names(list(rel), val_fraction)
         kind = "unpaired" if unpaired else "folder"
     else:
         kind, folder = "builtin", builtin_dir()
