@@ -67,7 +67,7 @@ def test_distill_lowers_loss_and_writes_checkpoint_and_parity_checked_onnx(image
     cache = tmp_path / "cache"
     # A fixed pool of 8 cached crops, revisited: the loss must fall.
     result = distill.main(distill_args(image_dir, teacher_file, out, "--teacher-cache", str(cache),
-                                       "--cache-pool", "8", "--max-steps", "40", "--lr", "2e-3", "--epochs", "20",
+                                       "--cache-pool", "8", "--max-steps", "40", "--lr", "1e-2", "--epochs", "20",
                                        "--degradation", "seed"))
     assert "teacher cache miss" in capsys.readouterr().err
     losses = [r["loss"] for r in train_records(out)]
@@ -255,3 +255,55 @@ def test_ground_truth_only_runs_the_teacher_for_the_validation_baseline_alone(
                               "--max-steps", "4"))
     assert len(calls) == 1  # the held-out baseline, once; no training batch
     assert all(r["loss_teacher"] == 0.0 for r in train_records(tmp_path / "run"))
+
+
+def test_ground_truth_only_needs_no_teacher_and_follows_the_cosine_schedule(image_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no checkpoints/motion_deblurring.pth here
+    out = tmp_path / "run"
+    result = distill.main(["--data", str(image_dir), "--out", str(out), "--crop", "64", "--batch-size", "2",
+                           "--device", "cpu", "--log-every", "1", "--alpha", "1", "--beta", "0",
+                           "--pool", "12", "--max-steps", "10", "--epochs", "10", "--lr", "1e-3",
+                           "--schedule", "cosine", "--warmup", "3", "--min-lr", "1e-5", "--grad-clip", "0.5"])
+    assert (out / "student.onnx").is_file() and result["teacher"] is None
+    lrs = [r["lr"] for r in train_records(out)]  # the rate for the step after each logged one
+    peak = lrs.index(max(lrs))
+    assert lrs[:peak + 1] == sorted(lrs[:peak + 1]) and lrs[peak:] == sorted(lrs[peak:], reverse=True)
+    assert max(lrs) == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
+
+
+def test_lr_factor_warms_up_then_falls_to_the_floor():
+    opts = distill.Options(lr=1e-3, min_lr=1e-5, schedule="cosine", warmup=4)
+    assert distill.lr_factor(0, 100, opts) == pytest.approx(0.25)
+    assert distill.lr_factor(3, 100, opts) == pytest.approx(1.0)
+    assert distill.lr_factor(52, 100, opts) == pytest.approx(0.505, abs=1e-3)
+    assert distill.lr_factor(100, 100, opts) == pytest.approx(0.01)
+    assert distill.lr_factor(57, 100, distill.Options(schedule="constant")) == 1.0
+
+
+def test_student_config_overrides_reach_the_model_and_bad_json_is_one_line(image_dir, tmp_path):
+    args = ["--data", str(image_dir), "--out", str(tmp_path / "o"), "--crop", "64", "--batch-size", "2",
+            "--device", "cpu", "--beta", "0", "--max-steps", "1"]
+    distill.main([*args, "--student-config", '{"widths": [8, 16, 32]}'])
+    assert load_student(tmp_path / "o" / "student.pt").config["widths"] == [8, 16, 32]
+    with pytest.raises(SystemExit, match="--student-config is not JSON"):
+        distill.main([*args, "--student-config", "{widths: 8}"])
+    with pytest.raises(SystemExit, match="--student-config: .*odd"):
+        distill.main([*args, "--student-config", '{"bands": [4]}'])
+
+
+def test_crop_pool_degrades_once_and_flips_afresh_per_key(image_dir, monkeypatch):
+    source = datasets.load_source(data=str(image_dir))
+    pairs = datasets.train_dataset(source, crop=32, degradation="webcam", seed=3, crops_per_image=1)
+    pool = datasets.CropPool.build(pairs, 6, seed=3)
+    assert all(part.dtype == torch.uint8 and part.shape == (6, 3, 32, 32) for part in pool.parts)
+    # Keys past the dataset's length are fresh crops, not repeats of the first ones.
+    assert not torch.equal(pool.parts[1][0], pool.parts[1][len(pairs)])
+    monkeypatch.setattr(pairs, "degrade", lambda *a: (_ for _ in ()).throw(AssertionError("degraded again")))
+    first, again = pool[2], pool[2]
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)  # a key is the same sample every time (resumable runs)
+    views = [pool[2 + 6 * epoch][1] for epoch in range(8)]  # the same crop in later epochs
+    assert len({v.numpy().tobytes() for v in views}) > 1  # seen flipped/rotated differently
+    for v in views:
+        assert torch.equal(v.flatten().sort().values, first[1].flatten().sort().values)
+        assert v.dtype == torch.float32 and 0 <= v.min() and v.max() <= 1

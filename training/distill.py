@@ -13,6 +13,8 @@ OUT/student.onnx (parity checked), OUT/metrics.json, OUT/log.jsonl, OUT/loss.png
 """
 from __future__ import annotations
 
+import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +29,7 @@ from tqdm import tqdm
 from models import CheckpointError, build_student, load_restormer, STUDENT_PRESETS
 from models.checkpoint import save_checkpoint
 from training import data as datasets
-from training import distributed, teacher_cache
+from training import degrade, distributed, teacher_cache
 from training.options import option, parse_options
 from training.quality import batch_scores
 from training import runlog
@@ -47,18 +49,28 @@ class Options:
     out: str = option("runs/distill", "run folder for checkpoints, ONNX, metrics and plots")
     teacher: Optional[str] = option(None, f"teacher weights (released or ours); default {DEFAULT_TEACHER}")
     student: str = option("realtime", "student preset", choices=sorted(STUDENT_PRESETS))
+    student_config: Optional[str] = option(None, "JSON overrides of the preset's configuration, "
+                                           "e.g. '{\"widths\": [16, 32, 64]}' (design sweeps)")
     data: Optional[str] = option(None, "folder of sharp images (recursive); default: scikit-image's photos")
     paired: Optional[list[str]] = option(None, "BLUR_DIR SHARP_DIR, pairs by file name", nargs=2,
                                          metavar=("BLUR_DIR", "SHARP_DIR"))
     unpaired: Optional[str] = option(None, "frames with no sharp reference: teacher labels only (α 0, β 1)")
     resize: Optional[int] = option(None, "paired mode: resize both to R×R first (original protocol: 256)")
-    degradation: str = option("webcam", "synthetic degradation preset", choices=["seed", "webcam"])
+    degradation: str = option("webcam", "synthetic degradation preset", choices=sorted(degrade.PRESETS))
     crop: Optional[int] = option(None, "training crop size, multiple of 32 (default: 256 on CUDA, 128 on CPU)")
     crops_per_image: int = option(16, "random crops per image per epoch")
+    pool: int = option(0, "pre-degrade this many crops once and reuse them every epoch, flipped and "
+                          "rotated afresh, so a CPU run is compute-bound (0: degrade on the fly)")
     val_fraction: float = option(0.15, "share of files held out for validation (by name hash)")
     alpha: float = option(0.8, "weight of L1(student, sharp)")
     beta: float = option(0.2, "weight of L1(student, teacher)")
-    lr: float = option(1e-4, "Adam learning rate")
+    lr: float = option(1e-4, "Adam learning rate (the peak, with --schedule cosine)")
+    schedule: str = option("constant", "learning rate: constant (the original recipe) or cosine "
+                                       "(linear --warmup, then cosine down to --min-lr)",
+                           choices=["constant", "cosine"])
+    warmup: int = option(0, "linear warm-up steps (cosine schedule)")
+    min_lr: float = option(1e-6, "learning rate at the end of the cosine schedule")
+    grad_clip: float = option(0.0, "max gradient norm (0: no clipping)")
     batch_size: int = option(4, "batch size per process")
     epochs: int = option(5, "epochs over the training crops")
     max_steps: Optional[int] = option(None, "stop after this many steps (smoke runs)")
@@ -87,6 +99,32 @@ def load_teacher(path: Optional[str], device: torch.device) -> tuple[torch.nn.Mo
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval(), teacher_path
+
+
+def lr_factor(step: int, total_steps: int, opts: Options) -> float:
+    """Multiplier of --lr at `step`: 1 for the constant schedule; for cosine, a linear
+    warm-up, then a half cosine that reaches --min-lr at the last step."""
+    if opts.schedule == "constant":
+        return 1.0
+    if step < opts.warmup:
+        return (step + 1) / opts.warmup
+    progress = min(1.0, (step - opts.warmup) / max(1, total_steps - opts.warmup))
+    floor = opts.min_lr / opts.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_student_from_options(opts: Options) -> torch.nn.Module:
+    overrides = {}
+    if opts.student_config:
+        try:
+            overrides = json.loads(opts.student_config)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"error: --student-config is not JSON ({e}); "
+                             "write it like '{\"widths\": [16, 32, 64]}'") from None
+    try:
+        return build_student(opts.student, **overrides)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: --student-config: {e}") from None
 
 
 def main(argv=None) -> dict:
@@ -119,11 +157,18 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
                                           seed=opts.seed, resize=opts.resize)
 
     # --- models -----------------------------------------------------------------------
-    teacher, teacher_path = load_teacher(opts.teacher, device)
-    student = build_student(opts.student).to(device)
+    # With ground truth alone (--beta 0) the teacher is never trained against, so none is
+    # needed; one that is named anyway still gives the validation baseline.
+    teacher, teacher_path = (load_teacher(opts.teacher, device) if beta > 0 or opts.teacher
+                             else (None, None))
+    student = build_student_from_options(opts).to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=opts.lr)
 
-    cached = opts.teacher_cache is not None
+    cached = opts.teacher_cache is not None and beta > 0
+    if opts.pool and not cached:
+        if main_process:
+            print(f"degrading a pool of {opts.pool} crops once", file=sys.stderr)
+        train_set = datasets.CropPool.build(train_set, opts.pool, seed=opts.seed)
     if cached:
         key = teacher_cache.cache_key(teacher_path=teacher_path, data=source.describe,
                                       degradation=opts.degradation, crop=opts.crop, resize=opts.resize,
@@ -146,9 +191,20 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         train_set = teacher_cache.CachedPool(pool)
     has_sharp = source.kind != "unpaired"
 
+    sampler_probe = datasets.RunSampler(len(train_set), opts.seed, opts.batch_size, world=runtime.world)
+    steps_per_epoch = sampler_probe.batches_per_epoch
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: {len(train_set)} training crops are fewer than one batch of "
+                         f"{opts.batch_size} per process; lower --batch-size or raise --crops-per-image")
+    total_steps = opts.epochs * steps_per_epoch
+    if opts.max_steps is not None:
+        total_steps = min(total_steps, opts.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, opts))
+
     # --- resume -----------------------------------------------------------------------
     last = out / "last.pt"
-    step = runlog.resume(last, student, optimizer, what="student", verbose=main_process) if opts.resume else 0
+    step = (runlog.resume(last, student, optimizer, scheduler, what="student", verbose=main_process)
+            if opts.resume else 0)
     log = JsonLog(out / "log.jsonl", resume_step=step) if main_process else None
 
     model = student
@@ -158,14 +214,6 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[runtime.local_rank] if device.type == "cuda" else None)
 
-    sampler_probe = datasets.RunSampler(len(train_set), opts.seed, opts.batch_size, world=runtime.world)
-    steps_per_epoch = sampler_probe.batches_per_epoch
-    if steps_per_epoch == 0:
-        raise SystemExit(f"error: {len(train_set)} training crops are fewer than one batch of "
-                         f"{opts.batch_size} per process; lower --batch-size or raise --crops-per-image")
-    total_steps = opts.epochs * steps_per_epoch
-    if opts.max_steps is not None:
-        total_steps = min(total_steps, opts.max_steps)
     workers = opts.workers if opts.workers is not None else datasets.default_workers(device)
     sampler = datasets.RunSampler(len(train_set), opts.seed, opts.batch_size, rank=runtime.rank,
                                   world=runtime.world, start_epoch=step // steps_per_epoch,
@@ -185,10 +233,10 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     baseline: dict = {}
     if main_process and val_batch:
         val_inputs = val_batch[0]
-        teacher_val = predict(teacher, val_inputs)
+        teacher_val = predict(teacher, val_inputs) if teacher is not None else None
         val_reference = val_batch[1] if has_sharp else teacher_val
         baseline["input_psnr"], baseline["input_ssim"] = batch_scores(val_reference, val_inputs)
-        if has_sharp:
+        if has_sharp and teacher_val is not None:
             baseline["teacher_psnr"], baseline["teacher_ssim"] = batch_scores(val_reference, teacher_val)
         reference_name = "sharp" if has_sharp else "teacher output (no ground truth)"
         print(f"validation: {len(val_inputs)} crops from {len(source.val_files)} held-out files, against "
@@ -213,9 +261,10 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         if not main_process:
             return
         meta = dict(command="distill", step=step, epoch=step / steps_per_epoch, alpha=alpha, beta=beta,
-                    teacher=str(teacher_path), data=source.kind, degradation=opts.degradation,
+                    teacher=str(teacher_path) if teacher_path else None, data=source.kind, degradation=opts.degradation,
                     options=asdict(opts))
-        train_state = dict(step=step, optimizer=optimizer.state_dict(), rng=rng_state())
+        train_state = dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                           rng=rng_state())
         save_checkpoint(last, arch=student.arch, config=student.config, state_dict=student.state_dict(),
                         meta=meta, train_state=train_state)
         save_checkpoint(out / "student.pt", arch=student.arch, config=student.config,
@@ -224,7 +273,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     # --- loop -------------------------------------------------------------------------
     student.train()
     bar = tqdm(total=total_steps, initial=step, desc="distill", unit="step", disable=not main_process,
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
     started, samples_seen, loss_sum, loss_parts, logged = time.time(), 0, 0.0, {}, 0
     stop = distributed.StopRequest(runtime)
     for batch in loader:
@@ -246,7 +295,10 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         loss = alpha * loss_sharp + beta * loss_teacher
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if opts.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), opts.grad_clip)
         optimizer.step()
+        scheduler.step()
         step += 1
         samples_seen += inputs.shape[0] * runtime.world
         loss_sum += loss.item()
@@ -283,7 +335,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         # Parity is checked on a real held-out photograph when there is one big enough.
         check = next((im for im in source.val_images if isinstance(im, np.ndarray)
                       and im.shape[0] >= 64 and im.shape[1] >= 96), None)
-        meta = dict(command="distill", step=step, teacher=str(teacher_path), data=source.kind,
+        meta = dict(command="distill", step=step, teacher=str(teacher_path) if teacher_path else None, data=source.kind,
                     degradation=opts.degradation, alpha=alpha, beta=beta,
                     val_psnr=final["psnr"] if final else None, val_ssim=final["ssim"] if final else None)
         try:
@@ -295,7 +347,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         elapsed = time.time() - started
         result = dict(command="distill", steps=step, epochs=step / steps_per_epoch,
                       steps_per_epoch=steps_per_epoch, world_size=runtime.world, alpha=alpha, beta=beta,
-                      teacher=str(teacher_path), teacher_cache=str(path) if cached else None,
+                      teacher=str(teacher_path) if teacher_path else None, teacher_cache=str(path) if cached else None,
                       data=dict(kind=source.kind, train_files=len(source.train_files),
                                 val_files=len(source.val_files), train_crops=len(train_set)),
                       student=student.config, seconds=elapsed,

@@ -38,8 +38,8 @@ def parse_options(cls, argv=None, description: str | None = None):
             kwargs["nargs"] = field.metadata.get("nargs", "+")
         else:
             kwargs["type"] = tp
-            if "choices" in field.metadata:
-                kwargs["choices"] = field.metadata["choices"]
+        if "choices" in field.metadata and tp is not bool:
+            kwargs["choices"] = field.metadata["choices"]
         parser.add_argument(flag, **kwargs)
     return cls(**vars(parser.parse_args(argv)))
 

@@ -115,7 +115,7 @@ def resume(last: Path, model, optimizer, scheduler=None, *, what: str, verbose: 
     model.load_state_dict(ckpt["state_dict"])
     state = ckpt["train_state"]
     optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None:
+    if scheduler is not None and "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
     restore_rng(state["rng"])
     step = int(state["step"])
