@@ -1,13 +1,19 @@
 """Held-out evaluation: ``python -m training.evaluate``.
 
-For each degradation preset — ``clean`` (none), ``seed`` (Gaussian σ 0.5, the original
-data) and every ``webcam`` component at a fixed strength — PSNR and SSIM against the
-sharp image of: the degraded input, an unsharp mask, the teacher, the student in
-PyTorch and the student as ONNX run exactly as sharpcam runs it (uint8 BGR frame,
-its tiler, its onnxruntime engine). Images are the validation split of the data
-(never trained on); by default scikit-image's held-out photos. Speed: ms per
-256×256 tile and frames/s at 1280×720 for the ONNX student on CPU.
-Writes OUT/report.json, OUT/report.md and OUT/grid.png (input | student | teacher | sharp).
+Rows: ``clean`` (no degradation: a filter must leave sharp frames alone), ``seed`` (the
+original project's protocol: σ 0.5 blur of images resized to 256×256), ``webcam`` (the
+realistic training mix, one random chain per image) and every degradation component at
+a mild and a moderate strength. Columns, PSNR and SSIM against the sharp image: the
+degraded input, the unsharp mask at its fixed amount (0.5, σ 1), the unsharp mask with
+its amount tuned per row on these very images (the strongest classical filter, an
+oracle), the teacher, the student in PyTorch and the student as ONNX run exactly as
+sharpcam runs it (uint8 BGR frame, its tiler, its onnxruntime engine).
+Images are the held-out split of the data, whole (``--crop 0``), never trained on; by
+default scikit-image's held-out photos. Also measured: flicker and edge contrast on
+clips with fresh sensor noise per frame (``training.flicker``), and the ONNX student's
+speed: ms per 256×256 tile and frames/s at 1280×720 on the CPU.
+Writes OUT/report.json, OUT/report.md, OUT/grid.png (input | student | teacher | sharp)
+and OUT/before_after.png (a 100 % crop: degraded | student | sharp).
 """
 from __future__ import annotations
 
@@ -21,22 +27,29 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from training import data as datasets
-from training import degrade, distributed
-from training.options import option, parse_options
-from training.quality import psnr, ssim, unsharp_mask
+from models import CheckpointError, load_restormer, load_student
 from models.atomic_file import write_atomically
+from sharpcam.engine import Engine, ModelError
+from sharpcam.sharpen import UNSHARP_AMOUNT, UNSHARP_SIGMA, unsharp_mask
+from sharpcam.tiling import Tiler
+from training import data as datasets
+from training import degrade, distributed, flicker
+from training.options import option, parse_options
+from training.quality import psnr, ssim
 from training.runlog import write_json
 
 Restorer = Callable[[np.ndarray], np.ndarray]  # H×W×3 float RGB [0, 1] -> same
-PRESETS = ["clean", "seed", *degrade.COMPONENTS]
+PRESETS = ["clean", "seed", "webcam", *degrade.COMPONENTS]
+SEED_PROTOCOL_SIZE = 256
+TUNED_AMOUNTS = tuple(round(a, 2) for a in np.arange(0.0, 4.01, 0.1))
 
 
 @dataclass
 class Options:
     """Evaluate the student against baselines on held-out images."""
-    out: str = option("runs/evaluate", "folder for report.json, report.md and grid.png")
+    out: str = option("runs/evaluate", "folder for report.json, report.md, grid.png and before_after.png")
     student: str = option("runs/distill/student.onnx", "student ONNX file")
     student_pt: Optional[str] = option(None, "student PyTorch checkpoint (default: student.pt beside the ONNX)")
     teacher: Optional[str] = option(None, "teacher weights (default: checkpoints/motion_deblurring.pth if present)")
@@ -44,12 +57,15 @@ class Options:
     paired: Optional[list[str]] = option(None, "BLUR_DIR SHARP_DIR: adds a 'paired' row on the held-out pairs",
                                          nargs=2, metavar=("BLUR_DIR", "SHARP_DIR"))
     val_fraction: float = option(0.15, "the split used in training (by name hash)")
-    crop: int = option(256, "evaluate on the centre crop of this size of each image")
-    max_steps: Optional[int] = option(None, "evaluate at most this many images (smoke runs)")
+    crop: int = option(0, "evaluate the centre crop of this size of each image (0: whole images)")
+    max_images: Optional[int] = option(None, "evaluate at most this many held-out images (smoke runs)")
+    rows: Optional[list[str]] = option(None, "evaluate only these rows (default: all)", choices=PRESETS)
+    speed: bool = option(True, "measure the ONNX student's speed at 720p")
+    flicker: bool = option(True, "measure flicker and edge contrast on noisy clips")
     threads: int = option(2, "onnxruntime CPU threads for the speed measurement and the ONNX student")
     speed_repeats: int = option(10, "timed runs per speed measurement")
     device: str = option("auto", "device for the PyTorch models", choices=["cpu", "cuda", "auto"])
-    seed: int = option(0, "seed of the random parts of degradations (noise)")
+    seed: int = option(0, "seed of the random parts of degradations (noise, the webcam chain)")
 
 
 # --- restorers -------------------------------------------------------------------------
@@ -73,10 +89,9 @@ def torch_restorer(model: torch.nn.Module, device: torch.device) -> Restorer:
     return restore
 
 
-def sharpcam_restorer(engine, tile: int = 256) -> Restorer:
-    """The ONNX student as sharpcam runs it: a uint8 BGR frame through its tiler and engine."""
-    from sharpcam.tiling import Tiler
-
+def sharpcam_restorer(engine: Engine, tile: int = 0) -> Restorer:
+    """The ONNX student as sharpcam runs it: a uint8 BGR frame through its tiler and engine
+    (whole frame by default, as `--tile auto` picks on CPUs)."""
     def restore(image: np.ndarray) -> np.ndarray:
         frame = cv2.cvtColor(np.round(image * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
         tiler = Tiler(frame.shape[0], frame.shape[1], tile=tile, receptive_radius=engine.receptive_radius,
@@ -86,19 +101,54 @@ def sharpcam_restorer(engine, tile: int = 256) -> Restorer:
     return restore
 
 
+def unsharp_restorer(amount: float) -> Restorer:
+    return lambda image: unsharp_mask(image, amount, UNSHARP_SIGMA)
+
+
+def tuned_unsharp_amount(samples: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """The amount (σ 1) with the best mean PSNR on these pairs: an oracle tuned on the
+    evaluation images themselves, so the strongest an unsharp mask can look."""
+    amounts = np.array(TUNED_AMOUNTS)
+    totals = np.zeros(len(amounts))
+    for degraded, sharp in samples:
+        detail = (degraded - cv2.GaussianBlur(degraded, (0, 0), sigmaX=UNSHARP_SIGMA,
+                                              borderType=cv2.BORDER_REFLECT_101)).astype(np.float64)
+        error = degraded.astype(np.float64) - sharp
+        # MSE(a) = E[(error + a·detail)²], a quadratic in a (clipping to [0, 1] ignored
+        # while searching: it only ever helps, and the table scores the clipped image).
+        mse = np.mean(error * error) + 2 * amounts * np.mean(error * detail) + amounts ** 2 * np.mean(detail * detail)
+        totals += -10 * np.log10(np.maximum(mse, 1e-10))
+    return float(amounts[int(np.argmax(totals))])
+
+
 # --- evaluation ------------------------------------------------------------------------
 
 
-def degrade_for(preset: str, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def degrade_for(preset: str, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(degraded, sharp) for one row."""
     if preset == "clean":
-        return image
+        return image, image
     if preset == "seed":
-        return degrade.seed_preset(image, rng)
-    return degrade.component(preset)(image, rng)
+        # The original protocol: the whole photo resized to 256×256, then σ 0.5.
+        small = cv2.resize(image, (SEED_PROTOCOL_SIZE, SEED_PROTOCOL_SIZE), interpolation=cv2.INTER_AREA)
+        return degrade.seed_preset(small, rng), small
+    if preset == "webcam":
+        degraded = degrade.webcam_preset(image, rng)
+        while degraded is image:  # an untouched frame is the clean row's job
+            degraded = degrade.webcam_preset(image, rng)
+        return degraded, image
+    return degrade.component(preset)(image, rng), image
 
 
-def evaluate(pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]],
-             restorers: dict[str, Restorer]) -> dict[str, dict[str, dict[str, float]]]:
+def build_pairs(images: list[np.ndarray], crop: int, presets: list[str], seed: int):
+    """{preset: [(degraded, sharp), ...]}; crop 0 keeps whole images."""
+    views = [datasets.center_crop(im, crop) if crop else im for im in images]
+    return {preset: [degrade_for(preset, v, np.random.default_rng([seed, i])) for i, v in enumerate(views)]
+            for preset in presets}
+
+
+def evaluate(pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]], restorers: dict[str, Restorer],
+             progress=None) -> dict[str, dict[str, dict[str, float]]]:
     """{preset: {method: {"psnr", "ssim"}}} — means over images; ``input`` is always included."""
     table: dict = {}
     for preset, samples in pairs.items():
@@ -108,22 +158,30 @@ def evaluate(pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]],
             for name, restore in restorers.items():
                 restored = restore(degraded)
                 scores.setdefault(name, []).append((psnr(sharp, restored), ssim(sharp, restored)))
+            if progress:
+                progress(1)
         table[preset] = {name: {"psnr": statistics.fmean(s[0] for s in values),
                                 "ssim": statistics.fmean(s[1] for s in values)}
                          for name, values in scores.items()}
     return table
 
 
-def build_pairs(images: list[np.ndarray], crop: int, presets: list[str], seed: int):
-    crops = [datasets.center_crop(im, crop) for im in images]
-    return {preset: [(degrade_for(preset, c, np.random.default_rng([seed, i])), c)
-                     for i, c in enumerate(crops)] for preset in presets}
+def evaluate_rows(images: list[np.ndarray], crop: int, seed: int, restorers: dict[str, Restorer],
+                  presets: list[str] = PRESETS, progress=None) -> tuple[dict, dict[str, float]]:
+    """The table row by row (a row's degraded images live only while it is scored), with
+    the unsharp mask's amount tuned per row. Returns (table, tuned amount per row)."""
+    table, amounts = {}, {}
+    for preset in presets:
+        pairs = build_pairs(images, crop, [preset], seed)
+        amounts[preset] = tuned_unsharp_amount(pairs[preset])
+        row_restorers = {"unsharp": unsharp_restorer(UNSHARP_AMOUNT),
+                         "unsharp_tuned": unsharp_restorer(amounts[preset]), **restorers}
+        table.update(evaluate(pairs, row_restorers, progress))
+    return table, amounts
 
 
-def measure_speed(engine, repeats: int) -> dict:
+def measure_speed(engine: Engine, repeats: int) -> dict:
     """Median ms per 256×256 tile, and 1280×720 frames/s the way sharpcam's auto tiling picks."""
-    from sharpcam.tiling import Tiler
-
     def median_ms(fn) -> float:
         fn()  # first runs allocate
         times = []
@@ -148,17 +206,20 @@ def measure_speed(engine, repeats: int) -> dict:
 
 # --- outputs ---------------------------------------------------------------------------
 
-METHOD_TITLES = {"input": "degraded input", "unsharp": "unsharp mask", "teacher": "teacher",
+METHOD_TITLES = {"input": "degraded input", "unsharp": f"unsharp mask {UNSHARP_AMOUNT:g}",
+                 "unsharp_tuned": "unsharp mask, tuned", "teacher": "teacher",
                  "student_torch": "student (torch)", "student_onnx": "student (ONNX)"}
 
 
 def report_markdown(report: dict) -> str:
     methods = [m for m in METHOD_TITLES if any(m in row for row in report["table"].values())]
+    amounts = report.get("unsharp_tuned_amounts", {})
+    size = "whole images" if not report["crop"] else f"centre {report['crop']}×{report['crop']} crops"
     lines = ["# SharpCam held-out evaluation",
              "",
-             f"{report['images']} held-out images ({report['source']}), centre {report['crop']}×"
-             f"{report['crop']} crops; PSNR (dB) / SSIM against the sharp image, mean over images "
-             f"(PSNR of identical images is capped at 100 dB).",
+             f"{report['images']} held-out images ({report['source']}), {size}; PSNR (dB) / SSIM against "
+             f"the sharp image, mean over images (PSNR of identical images is capped at 100 dB). "
+             f"The tuned unsharp mask's amount (σ {UNSHARP_SIGMA:g}) is chosen per row on these images.",
              "",
              "| preset | " + " | ".join(METHOD_TITLES[m] for m in methods) + " |",
              "|---|" + "---|" * len(methods)]
@@ -170,9 +231,21 @@ def report_markdown(report: dict) -> str:
                 cells.append("—")
                 continue
             cell = f"{row[m]['psnr']:.2f} / {row[m]['ssim']:.4f}"
+            if m == "unsharp_tuned" and preset in amounts:
+                cell += f" (×{amounts[preset]:g})"
             cells.append(f"**{cell}**" if m != "input" and row[m]["psnr"] == best and preset != "clean" else cell)
         lines.append(f"| {preset} | " + " | ".join(cells) + " |")
     lines += ["", "Presets: " + "; ".join(f"`{k}` {v}" for k, v in report["presets"].items()), ""]
+    if report.get("flicker"):
+        f = report["flicker"]
+        lines += ["Steadiness (training.flicker: a still and a panning view of each image, softened "
+                  "with σ 1, fresh indoor sensor noise in every frame; 8-bit luma levels):", "",
+                  "| method | flicker, still (flat areas) | flicker, pan (motion-compensated) "
+                  "| edge contrast, still (sharp photo = 1) |", "|---|---|---|---|"]
+        for name, row in f.items():
+            lines.append(f"| {METHOD_TITLES.get(name, name)} | {row['static_flicker']:.2f} | "
+                         f"{row['pan_flicker']:.2f} | {row['static_edge_contrast']:.3f} |")
+        lines.append("")
     if report.get("speed"):
         s = report["speed"]
         lines += [f"Speed (student ONNX, onnxruntime CPU, {report['threads']} threads): "
@@ -182,6 +255,13 @@ def report_markdown(report: dict) -> str:
     for note in report.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def save_figure(path: Path, fig) -> None:
+    import io
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    write_atomically(path, buffer.getvalue())
 
 
 def save_grid(path: Path, samples: list[tuple[np.ndarray, np.ndarray]], columns: dict[str, Restorer],
@@ -203,10 +283,35 @@ def save_grid(path: Path, samples: list[tuple[np.ndarray, np.ndarray]], columns:
                 ax.set_title(name if name in ("input", "sharp") else METHOD_TITLES.get(name, name))
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    save_figure(path, fig)
     plt.close(fig)
-    tmp.replace(path)
+
+
+def save_before_after(path: Path, degraded: np.ndarray, restore: Restorer, sharp: np.ndarray) -> None:
+    """degraded | student | sharp side by side at 100 % (one image pixel per file pixel), with
+    a 4-pixel white gap: what a user sees, without any resampling by a plot."""
+    out = restore(degraded)
+    gap = np.ones((degraded.shape[0], 4, 3), np.float32)
+    strip = np.concatenate([degraded, gap, out, gap, sharp], axis=1)
+    bgr = cv2.cvtColor(np.round(np.clip(strip, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", bgr)
+    if ok:
+        write_atomically(path, encoded.tobytes())
+
+
+def before_after_view(image: np.ndarray, seed: int, size: tuple[int, int] = (240, 320)) -> tuple[np.ndarray, np.ndarray]:
+    """A (degraded, sharp) crop of the most textured window of `image`, softened like a
+    webcam lens (σ 1.2) with mild noise: where sharpening shows."""
+    h, w = min(size[0], image.shape[0]), min(size[1], image.shape[1])
+    g = flicker.gradient_magnitude(flicker.luma(image).astype(np.float32))
+    energy = cv2.boxFilter(g, -1, (w, h), normalize=True, borderType=cv2.BORDER_CONSTANT)
+    cy, cx = np.unravel_index(int(np.argmax(energy[h // 2:image.shape[0] - h // 2 + 1,
+                                                   w // 2:image.shape[1] - w // 2 + 1])), (
+        image.shape[0] - h + 1, image.shape[1] - w + 1))
+    sharp = np.ascontiguousarray(image[cy:cy + h, cx:cx + w])
+    rng = np.random.default_rng([seed, 3])
+    soft = degrade.gaussian_blur(sharp, rng, sigma=1.2)
+    return degrade.sensor_noise(soft, rng, photons=1000.0, read_sigma=0.004), sharp
 
 
 # --- command ---------------------------------------------------------------------------
@@ -220,24 +325,23 @@ def main(argv=None) -> dict:
 
     # --- data -------------------------------------------------------------------------
     source = datasets.load_source(data=opts.data, val_fraction=opts.val_fraction)
-    images = source.val_images[:opts.max_steps] if opts.max_steps else source.val_images
+    images = source.val_images[:opts.max_images] if opts.max_images else source.val_images
     if not images:
         raise SystemExit("error: the data has no held-out images (it needs at least two files); "
                          "pass --data with more images")
-    pairs = build_pairs(images, opts.crop, PRESETS, opts.seed)
+    paired_samples = None
     if opts.paired:
         paired = datasets.load_source(paired=opts.paired, val_fraction=opts.val_fraction)
-        held_out = paired.val_images[:opts.max_steps] if opts.max_steps else paired.val_images
-        pairs["paired"] = [tuple(datasets.center_crop(im, opts.crop) for im in pair) for pair in held_out]
+        held_out = paired.val_images[:opts.max_images] if opts.max_images else paired.val_images
+        paired_samples = [tuple(datasets.center_crop(im, opts.crop) if opts.crop else im for im in pair)
+                          for pair in held_out]
 
     # --- models -----------------------------------------------------------------------
-    from models import CheckpointError, load_restormer, load_student
-    from sharpcam.engine import Engine, ModelError
     try:
         engine = Engine(opts.student, device="cpu", threads=opts.threads)
     except ModelError as e:
         raise SystemExit(f"error: {e}; produce one with `python -m training.distill --out DIR`") from None
-    restorers: dict[str, Restorer] = {"unsharp": unsharp_mask}
+    restorers: dict[str, Restorer] = {}
     teacher_path = Path(opts.teacher) if opts.teacher else Path("checkpoints/motion_deblurring.pth")
     if teacher_path.is_file():
         try:
@@ -259,34 +363,55 @@ def main(argv=None) -> dict:
     restorers["student_onnx"] = sharpcam_restorer(engine)
 
     # --- measure ----------------------------------------------------------------------
-    print(f"evaluating {len(images)} held-out images × {len(pairs)} presets with "
+    rows = opts.rows or PRESETS
+    print(f"evaluating {len(images)} held-out images × {len(rows)} rows with input, unsharp mask, "
           f"{', '.join(restorers)}", file=sys.stderr)
     started = time.time()
-    table = evaluate(pairs, restorers)
-    speed = measure_speed(engine, opts.speed_repeats)
-    training = engine.info.training
+    flicker_methods = {"unsharp": unsharp_restorer(UNSHARP_AMOUNT), "student_onnx": restorers["student_onnx"]}
+    total = len(images) * len(rows) + (len(paired_samples) if paired_samples else 0)
+    try:
+        with tqdm(total=total, desc="evaluate", unit="image", dynamic_ncols=True,
+                  mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
+            table, amounts = evaluate_rows(images, opts.crop, opts.seed, restorers, rows, bar.update)
+            if paired_samples:
+                amounts["paired"] = tuned_unsharp_amount(paired_samples)
+                table.update(evaluate({"paired": paired_samples},
+                                      {"unsharp": unsharp_restorer(UNSHARP_AMOUNT),
+                                       "unsharp_tuned": unsharp_restorer(amounts["paired"]), **restorers},
+                                      bar.update))
+        steadiness = flicker.measure(images, flicker_methods, opts.seed) if opts.flicker else None
+    except ModelError as e:
+        # The first run of a model is part of checking it (a wrong output shape, say).
+        raise SystemExit(f"error: {opts.student}: {e}") from None
+    speed = measure_speed(engine, opts.speed_repeats) if opts.speed else None
 
     # --- save -------------------------------------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
-    presets = {"clean": "no degradation", "seed": "Gaussian σ 0.5",
+    presets = {"clean": "no degradation", "seed": "σ 0.5 blur of the image resized to 256×256",
+               "webcam": "the realistic training mix (one random chain per image)",
                **{k: ", ".join(f"{a}={b}" for a, b in v.items()) for k, v in degrade.COMPONENTS.items()}}
-    if "paired" in pairs:
+    if paired_samples:
         presets["paired"] = f"held-out real pairs from {opts.paired[0]}"
     report = dict(source=source.kind if source.kind != "builtin" else "scikit-image photos",
                   files=[f.name for f in source.val_files[:len(images)]], images=len(images), crop=opts.crop,
-                  presets=presets, table=table, speed=speed, threads=opts.threads,
-                  student=opts.student, student_training=training,
+                  presets=presets, table=table, unsharp_tuned_amounts=amounts, flicker=steadiness,
+                  speed=speed, threads=opts.threads, student=opts.student,
+                  student_training=engine.info.training,
                   teacher=str(teacher_path) if "teacher" in restorers else None, notes=notes,
                   seconds=time.time() - started, options=asdict(opts))
     write_json(out / "report.json", report)
     markdown = report_markdown(report)
     write_atomically(out / "report.md", markdown.encode())
-    grid_preset = "defocus"
+    grid_preset = "gaussian"
     columns = {k: restorers[k] for k in ("student_onnx", "teacher") if k in restorers}
-    save_grid(out / "grid.png", pairs[grid_preset][:4], columns,
+    crops = [datasets.center_crop(im, 256) for im in images[:4]]
+    save_grid(out / "grid.png", build_pairs(crops, 0, [grid_preset], opts.seed)[grid_preset], columns,
               f"held-out crops, {grid_preset} blur ({presets[grid_preset]})")
+    degraded, sharp = before_after_view(images[0], opts.seed)
+    save_before_after(out / "before_after.png", degraded, restorers["student_onnx"], sharp)
     print(markdown)
-    print(f"wrote {out/'report.json'}, {out/'report.md'}, {out/'grid.png'}", file=sys.stderr)
+    print(f"wrote {out/'report.json'}, {out/'report.md'}, {out/'grid.png'}, {out/'before_after.png'}",
+          file=sys.stderr)
     return report
 
 

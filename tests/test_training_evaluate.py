@@ -1,0 +1,74 @@
+"""The evaluation's measures: the tuned unsharp-mask baseline, SSIM, and flicker over time."""
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from sharpcam.sharpen import unsharp_mask
+from training import evaluate, flicker
+from training.quality import psnr, ssim
+
+
+def photo_like(h=96, w=128, seed=0):
+    rng = np.random.default_rng(seed)
+    import cv2
+    blocks = cv2.resize(rng.random((h // 8, w // 8, 3)), (w, h), interpolation=cv2.INTER_NEAREST)
+    return (0.2 + 0.6 * blocks).astype(np.float32)  # away from 0 and 1: no clipping
+
+
+def test_ssim_is_scikit_images():
+    rng = np.random.default_rng(1)
+    a = rng.random((40, 52, 3))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    assert ssim(a, b) == pytest.approx(structural_similarity(a, b, channel_axis=2, data_range=1.0), abs=1e-9)
+
+
+def test_tuned_unsharp_amount_is_the_best_on_the_grid():
+    samples = []
+    for seed in range(3):
+        sharp = photo_like(seed=seed)
+        soft = evaluate.degrade.gaussian_blur(sharp, np.random.default_rng(seed), sigma=1.0)
+        samples.append((soft, sharp))
+    scores = {a: np.mean([psnr(s, unsharp_mask(d, a)) for d, s in samples]) for a in evaluate.TUNED_AMOUNTS}
+    best = evaluate.tuned_unsharp_amount(samples)
+    assert best > 0.5  # σ 1 blur wants real sharpening
+    assert scores[best] >= max(scores.values()) - 0.02
+    assert evaluate.tuned_unsharp_amount([(s, s) for _, s in samples]) == 0.0  # clean: leave it alone
+
+
+def test_rows_hold_every_preset_with_both_unsharp_masks():
+    images = [photo_like(64, 96, seed) for seed in range(2)]
+    table, amounts = evaluate.evaluate_rows(images, 0, 0, {"identity": evaluate.identity})
+    assert list(table) == evaluate.PRESETS and set(amounts) == set(evaluate.PRESETS)
+    for preset, row in table.items():
+        assert set(row) == {"input", "unsharp", "unsharp_tuned", "identity"}
+        assert row["identity"] == row["input"]
+        assert row["unsharp_tuned"]["psnr"] >= row["input"]["psnr"] - 1e-9, preset  # ×0 is on the grid
+    assert table["seed"]["input"]["psnr"] < 100 and table["clean"]["unsharp_tuned"]["psnr"] == 100
+
+
+def test_flicker_is_zero_for_a_constant_video_and_grows_with_noise():
+    flat = np.ones((48, 64), bool)
+    still = [np.full((48, 64, 3), 0.4, np.float32)] * 5
+    assert flicker.flicker(still, flat) == 0.0
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(f + rng.normal(0, 0.01, f.shape), 0, 1).astype(np.float32) for f in still]
+    noisier = [np.clip(f + rng.normal(0, 0.03, f.shape), 0, 1).astype(np.float32) for f in still]
+    assert 0 < flicker.flicker(noisy, flat) < flicker.flicker(noisier, flat)
+
+
+def test_pan_flicker_compares_the_same_scene_point():
+    scene = photo_like(48, 100)
+    step, frames = 3, 5
+    width = scene.shape[1] - step * (frames - 1)
+    pan = [scene[:, t * step:t * step + width] for t in range(frames)]  # noiseless: nothing flickers
+    flat = np.ones(scene.shape[:2], bool)
+    assert flicker.flicker(pan, flat, step) == 0.0
+    assert flicker.flicker(pan, flat, 0) > 1.0  # uncompensated, the motion itself looks like flicker
+
+
+def test_unsharp_mask_raises_both_flicker_and_edge_contrast():
+    image = photo_like(96, 128)
+    result = flicker.measure([image], {"unsharp": unsharp_mask}, size=(96, 128))
+    assert result["unsharp"]["static_flicker"] > result["input"]["static_flicker"]
+    assert result["unsharp"]["static_edge_contrast"] > result["input"]["static_edge_contrast"]
+    assert result["input"]["static_edge_contrast"] < 1  # the clips are softened
