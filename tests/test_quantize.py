@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from models import build_student
+from sharpcam import ASSETS_DIR
 from sharpcam.precision import SOURCE_HASH_KEY, file_sha256, int8_sibling
 from training.export import export_student
 from training.options import parse_options
@@ -156,3 +157,13 @@ def test_crops_are_multiples_of_the_model_size_multiple():
     with pytest.raises(QuantizeError):
         random_crops(images[2:], 1, 256, 32)
 
+
+def test_the_bundled_int8_model_was_made_from_the_bundled_fp32_model():
+    fp32 = Path(ASSETS_DIR) / "student.onnx"
+    int8 = Path(int8_sibling(fp32))
+    assert int8.is_file(), "run `python -m training.quantize sharpcam/assets/student.onnx`"
+    meta = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert meta.custom_metadata_map["sharpcam.precision"] == "int8"
+    assert meta.custom_metadata_map[SOURCE_HASH_KEY] == file_sha256(fp32), (
+        "sharpcam/assets/student.onnx changed: re-run `python -m training.quantize "
+        "sharpcam/assets/student.onnx`")
