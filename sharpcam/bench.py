@@ -2,7 +2,8 @@
 
 Measures the per-frame work of the pipeline (no camera, no pacing): ``off``
 is the full pipeline path with the model bypassed, ``unsharp`` the classical
-baseline, and the model both tiled and whole-frame, at the thread count given.
+baseline, and the model both tiled and whole-frame, at the thread count given;
+with ``--precision auto`` and an INT8 sibling, whole-frame at fp32 and at INT8.
 """
 from __future__ import annotations
 
@@ -82,8 +83,11 @@ def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=Non
             return self.inner.process(frame, off_state)
 
     methods = [("off", lambda: _Off()), ("unsharp", lambda: _UnsharpSharpener()),
-               (f"model tile {tile}", lambda: Sharpener(engine, tile=tile)),
-               ("model whole", lambda: Sharpener(engine, tile=0))]
+               (f"model tile {tile}", lambda: Sharpener(engine, tile=tile))]
+    # --precision auto with an INT8 sibling: the whole frame at each precision.
+    precisions = getattr(engine, "engines", None) or {"": engine}
+    methods += [(f"model whole {name}".rstrip(), lambda e=e: Sharpener(e, tile=0))
+                for name, e in precisions.items()]
     header = f"{'resolution':<11}" + "".join(f"{name:>22}" for name, _ in methods)
     print(header, file=out)
     for width, height in sizes:
@@ -101,7 +105,8 @@ def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=Non
 
 def bench_main(argv) -> int:
     from .cli import add_model_options, error
-    from .engine import Engine, ModelError
+    from .engine import ModelError
+    from .precision import open_engine
     p = argparse.ArgumentParser(prog="sharpcam bench",
                                 description="Frames/s at 640x480, 1280x720 and 1920x1080 for off, "
                                             "unsharp mask and the model (tiled and whole-frame).")
@@ -117,8 +122,9 @@ def bench_main(argv) -> int:
         except ValueError:
             return error(f"--sizes {args.sizes!r}: expected e.g. 640x480,1280x720")
     try:
-        engine = Engine(args.model, device=args.device, threads=args.threads,
-                        receptive_radius=args.receptive_radius, size_multiple=args.size_multiple)
+        engine = open_engine(args.model, args.precision, notify=print, device=args.device,
+                             threads=args.threads, receptive_radius=args.receptive_radius,
+                             size_multiple=args.size_multiple)
     except ModelError as exc:
         return error(str(exc))
     threads = "" if args.threads else f", default threads ({os.cpu_count()} cores)"

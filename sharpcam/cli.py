@@ -70,6 +70,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="execution provider: auto picks CUDA, DirectML, CoreML or OpenVINO when installed")
     g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="CPU threads for inference (default: onnxruntime's choice)")
+    g.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+                   help="fp32 model or its INT8 sibling (NAME.int8.onnx); auto (default) = "
+                        "the faster, measured at start")
     g.add_argument("--receptive-radius", type=int, default=None, metavar="PX",
                    help=argparse.SUPPRESS)  # for foreign models without SharpCam metadata
     g.add_argument("--size-multiple", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
@@ -148,8 +151,9 @@ def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack) -> None:
 
 
 def run(args) -> int:
-    from .engine import Engine, ModelError
+    from .engine import ModelError
     from .pipeline import Pipeline, Progress, StatusLine
+    from .precision import open_engine
     from .sharpen import Sharpener
     from .sinks import (PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
                         VirtualCameraUnavailable, check_output_path, display_problem)
@@ -176,8 +180,9 @@ def run(args) -> int:
         raise UsageError(f"the bundled model is missing from this installation ({DEFAULT_MODEL}); "
                          "reinstall sharpcam, or pass --model PATH to a student .onnx")
     try:
-        engine = Engine(args.model, device=args.device, threads=args.threads,
-                        receptive_radius=args.receptive_radius, size_multiple=args.size_multiple)
+        engine = open_engine(args.model, args.precision, notify=note, device=args.device,
+                             threads=args.threads, receptive_radius=args.receptive_radius,
+                             size_multiple=args.size_multiple)
     except ModelError as exc:
         raise UsageError(str(exc)) from None
     note("model " + engine.describe())
@@ -229,8 +234,9 @@ def run(args) -> int:
         # Warm-up (and the tiled/whole-frame measurement) after the sinks: setup errors first.
         sharpener = Sharpener(engine, tile=args.tile)
         warm_ms = sharpener.warm_up(source.height, source.width)
-        if sharpener.choice_note:
-            note(sharpener.choice_note)
+        for choice in (sharpener.choice_note, getattr(engine, "choice_note", "")):
+            if choice:
+                note(choice)
         tiler = sharpener.tiler(source.height, source.width)
         note(f"tiling: {tiler.describe()}; warm-up {warm_ms:.0f} ms")
 

@@ -2,7 +2,9 @@
 
 Each command declares ``@dataclass class Options`` with typed fields; the field's
 ``metadata["help"]`` is its help text. ``bool`` fields get ``--x/--no-x``; list
-fields take several values; ``Optional[...]`` fields default to None.
+fields take several values; ``Optional[...]`` fields default to None. A field with
+``positional=True`` is a positional argument (required unless it has a default), and
+``short="-o"`` adds a short flag.
 """
 from __future__ import annotations
 
@@ -24,8 +26,16 @@ def parse_options(cls, argv=None, description: str | None = None):
     parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip(),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for field in dataclasses.fields(cls):
-        flag = "--" + field.name.replace("_", "-")
+        flags = ["--" + field.name.replace("_", "-")]
+        if "short" in field.metadata:
+            flags.insert(0, field.metadata["short"])
         tp = _base_type(hints[field.name])
+        if field.metadata.get("positional"):
+            required = field.default is dataclasses.MISSING
+            parser.add_argument(field.name, type=tp, help=field.metadata.get("help", ""),
+                                metavar=field.metadata.get("metavar"),
+                                **({} if required else dict(nargs="?", default=field.default)))
+            continue
         default = (field.default if field.default is not dataclasses.MISSING
                    else field.default_factory())  # type: ignore[misc]
         kwargs = dict(default=default, help=field.metadata.get("help", ""), dest=field.name)
@@ -40,12 +50,16 @@ def parse_options(cls, argv=None, description: str | None = None):
             kwargs["type"] = tp
         if "choices" in field.metadata and tp is not bool:
             kwargs["choices"] = field.metadata["choices"]
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(*flags, **kwargs)
     return cls(**vars(parser.parse_args(argv)))
 
 
 def option(default, help: str, **metadata):
-    """A dataclass field with help text (and optional choices/nargs/metavar)."""
+    """A dataclass field with help text (and optional choices/nargs/metavar/short/positional).
+
+    ``default=dataclasses.MISSING`` makes a required field (for a positional argument)."""
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata=dict(help=help, **metadata))
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default),
                                  metadata=dict(help=help, **metadata))

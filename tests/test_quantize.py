@@ -1,0 +1,169 @@
+"""training.quantize: the INT8 model keeps the contract, stays close to fp32 on a real
+photograph, keeps the pixels fp32, and nothing is written when it would not do."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from models import build_student
+from sharpcam import ASSETS_DIR
+from sharpcam.precision import SOURCE_HASH_KEY, file_sha256, int8_sibling
+from training.export import export_student
+from training.options import parse_options
+from training.quality import psnr
+from training.quantize import (MIN_PSNR_DB, Options, QuantizeError, calibration_files,
+                               quantize_student, random_crops)
+
+FAST = dict(crops=4, crop=128, presets=["clean", "gaussian"])
+
+
+def sharpening_student(seed=0, scale=0.03):
+    """The realtime student with a random head: not the identity, a residual of RMS ~0.04
+    on photos (a strong sharpener), the rest at PyTorch's initialisation."""
+    torch.manual_seed(seed)
+    model = build_student("realtime")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=generator) * scale)
+        model.head.bias.copy_(torch.randn(model.head.bias.shape, generator=generator) * scale / 10)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quantize")
+    fp32 = folder / "student.onnx"
+    export_student(sharpening_student(), fp32, meta={"steps": 3})
+    out, settings = quantize_student(Options(model=str(fp32), **FAST))
+    return fp32, out, settings
+
+
+def photograph():
+    """scikit-image's chelsea (held out from training), cut to a multiple of 32."""
+    from skimage import data
+    image = data.chelsea()[:288, :448].astype(np.float32) / 255.0
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None])
+
+
+def test_int8_is_written_beside_fp32_with_the_contract_and_metadata(quantized):
+    fp32, out, _ = quantized
+    assert out == Path(int8_sibling(fp32)) and out.name == "student.int8.onnx"
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (inp,), (outp,) = session.get_inputs(), session.get_outputs()
+    assert inp.name == "image" and inp.type == "tensor(float)"
+    assert outp.name == "sharpened" and outp.type == "tensor(float)"
+    assert inp.shape[1] == 3 and all(isinstance(d, str) for d in (inp.shape[0], *inp.shape[2:]))
+    x = np.random.default_rng(0).random((2, 3, 64, 96), dtype=np.float32)
+    assert session.run(None, {"image": x})[0].shape == x.shape
+    meta = session.get_modelmeta().custom_metadata_map
+    fp32_meta = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_modelmeta()
+    for key, value in fp32_meta.custom_metadata_map.items():
+        assert meta[key] == value
+    assert json.loads(meta["sharpcam.training"]) == {"steps": 3}
+    assert meta["sharpcam.precision"] == "int8"
+    assert meta[SOURCE_HASH_KEY] == file_sha256(fp32)
+
+
+def test_int8_really_is_quantised_but_keeps_the_pixels_fp32(quantized):
+    _, out, settings = quantized
+    model = onnx.load(out)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") >= 1 and ops.count("DequantizeLinear") >= 10
+    int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.dims]
+    assert len(int8_weights) >= 10
+    # The residual add reads the input image itself and writes the output, both fp32.
+    (last,) = [n for n in model.graph.node if "sharpened" in n.output]
+    assert last.op_type == "Add" and "image" in last.input
+    assert "/Add" in settings["kept_fp32"] and "/shuffle/DepthToSpace" in settings["kept_fp32"]
+
+
+def test_int8_agrees_with_fp32_on_a_photograph(quantized):
+    fp32, out, settings = quantized
+    photo = photograph()
+    ref, got = (np.clip(ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                        .run(None, {"image": photo})[0], 0, 1) for p in (fp32, out))
+    assert psnr(photo, ref) < 40  # the student really changes the photo
+    assert MIN_PSNR_DB <= psnr(ref, got) < 100  # close to fp32, and not fp32 itself
+    assert np.abs(got - ref).max() < 0.05
+    assert min(r["psnr_db"] for r in settings["check"]) >= MIN_PSNR_DB
+    for row in settings["held_out"].values():
+        assert row["fp32"]["psnr"] - row["int8"]["psnr"] <= 0.1
+
+
+def test_refuses_and_writes_nothing_below_the_tolerance(tmp_path, quantized):
+    fp32, _, _ = quantized
+    out = tmp_path / "out.int8.onnx"
+    with pytest.raises(QuantizeError, match="nothing was written"):
+        quantize_student(Options(model=str(fp32), output=str(out), min_psnr=200, **FAST))
+    with pytest.raises(QuantizeError, match="held-out PSNR"):
+        quantize_student(Options(model=str(fp32), output=str(out), max_cost=-1, **FAST))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quantising_the_pixels_too_costs_quality(tmp_path, quantized):
+    fp32, _, kept = quantized
+    _, everything = quantize_student(Options(model=str(fp32), output=str(tmp_path / "all.onnx"),
+                                             keep_fp32="none", **FAST))
+    assert everything["kept_fp32"] == []
+    worst = min(r["psnr_db"] for r in everything["check"])
+    assert worst + 3 < min(r["psnr_db"] for r in kept["check"])
+
+
+def test_command_line_refusal_is_one_line(tmp_path, quantized):
+    fp32, _, _ = quantized
+    out = tmp_path / "x.onnx"
+    result = subprocess.run([sys.executable, "-m", "training.quantize", str(fp32), "-o", str(out),
+                             "--crops", "2", "--presets", "clean", "--min-psnr", "200"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0
+    errors = [ln for ln in result.stderr.splitlines() if "libpng warning" not in ln]
+    assert len(errors) == 1 and errors[0].startswith("training.quantize: error: INT8 output differs")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_options_take_the_model_as_argument_and_o_for_the_output():
+    opts = parse_options(Options, ["m.onnx", "-o", "q.onnx", "--exclude", "Add", "/head/Conv"])
+    assert (opts.model, opts.output, opts.exclude, opts.keep_fp32) == ("m.onnx", "q.onnx",
+                                                                       ["Add", "/head/Conv"], "image")
+    with pytest.raises(SystemExit):
+        parse_options(Options, [])
+
+
+def test_calibration_uses_only_the_held_out_split_of_a_folder(tmp_path):
+    import cv2
+    from training.data import split_names
+    names = [f"img{i:02d}.png" for i in range(20)]
+    for name in names:
+        cv2.imwrite(str(tmp_path / name), np.zeros((40, 40, 3), np.uint8))
+    train, val = split_names(names)
+    files = calibration_files(str(tmp_path), "val")
+    assert sorted(f.name for f in files) == sorted(val) and not set(val) & set(train)
+    assert len(calibration_files(str(tmp_path), "all")) == 20
+    from training.data import BUILTIN_TRAIN
+    assert not {f.name for f in calibration_files(None)} & set(BUILTIN_TRAIN)
+
+
+def test_crops_are_multiples_of_the_model_size_multiple():
+    images = [np.zeros((300, 451, 3), np.float32), np.zeros((70, 500, 3), np.float32),
+              np.zeros((10, 10, 3), np.float32)]
+    crops = random_crops(images, 6, 256, 32)
+    assert [c.shape for c in crops] == [(1, 3, 256, 256), (1, 3, 64, 256)] * 3
+    with pytest.raises(QuantizeError):
+        random_crops(images[2:], 1, 256, 32)
+
+
+def test_the_bundled_int8_model_was_made_from_the_bundled_fp32_model():
+    fp32 = Path(ASSETS_DIR) / "student.onnx"
+    int8 = Path(int8_sibling(fp32))
+    assert int8.is_file(), "run `python -m training.quantize sharpcam/assets/student.onnx`"
+    meta = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert meta.custom_metadata_map["sharpcam.precision"] == "int8"
+    assert meta.custom_metadata_map[SOURCE_HASH_KEY] == file_sha256(fp32), (
+        "sharpcam/assets/student.onnx changed: re-run `python -m training.quantize "
+        "sharpcam/assets/student.onnx`")
