@@ -228,7 +228,11 @@ def run(args) -> int:
 
         # Warm-up (and the tiled/whole-frame measurement) after the sinks: setup errors first.
         sharpener = Sharpener(engine, tile=args.tile)
-        warm_ms = sharpener.warm_up(source.height, source.width)
+        try:
+            # The first run is part of checking the model: a wrong output shape shows only here.
+            warm_ms = sharpener.warm_up(source.height, source.width)
+        except ModelError as exc:
+            raise UsageError(str(exc)) from None
         if sharpener.choice_note:
             note(sharpener.choice_note)
         tiler = sharpener.tiler(source.height, source.width)

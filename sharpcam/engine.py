@@ -151,12 +151,16 @@ class Engine:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        (out,) = self._session.run(None, {"image": batch})
+        try:
+            (out,) = self._session.run(None, {"image": batch})
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"model {self.info.path} fails on input {batch.shape}: {first[:300]}") from None
         self.last_ms = (time.perf_counter() - start) * 1000.0
         if out.shape != batch.shape:
             raise ModelError(
                 f"model {self.info.path} returned shape {out.shape} for input {batch.shape}; "
-                "the contract wants the same shape")
+                "the contract wants the same shape (re-export it with `python -m training.export`)")
         return out
 
     def warm_up(self, batch_shape: tuple) -> float:

@@ -78,6 +78,78 @@ def build_test_model(path, *, receptive_radius=12, size_multiple=4, metadata=Tru
     return path
 
 
+def build_mapping_model(path, make_nodes, *, out_dims=("N", 3, "H", "W"), receptive_radius=0,
+                        size_multiple=2):
+    """Write a model whose graph ``make_nodes(helper, numpy_helper)`` builds from 'image' to
+    'sharpened' (returning (nodes, initializers)), with SharpCam metadata, so it passes the
+    start-up checks whatever it computes: how tests make models that break the contract at run time."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = make_nodes(helper, numpy_helper)
+    graph = helper.make_graph(
+        nodes, "sharpcam_mapping_model",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("sharpened", TensorProto.FLOAT, list(out_dims))],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"sharpcam.receptive_radius": str(receptive_radius),
+                                   "sharpcam.size_multiple": str(size_multiple)})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def half_size_model(path):
+    """Output at half the input's height and width."""
+    return build_mapping_model(path, lambda helper, nh: ([helper.make_node(
+        "AveragePool", ["image"], ["sharpened"], kernel_shape=[2, 2], strides=[2, 2])], []),
+        out_dims=("N", 3, "h", "w"))
+
+
+def one_channel_model(path):
+    """Output with one channel instead of three."""
+    return build_mapping_model(path, lambda helper, nh: ([helper.make_node(
+        "ReduceMean", ["image"], ["sharpened"], axes=[1], keepdims=1)], []),
+        out_dims=("N", 1, "H", "W"))
+
+
+def nan_model(path):
+    """Output NaN everywhere (as a model with broken weights does)."""
+    return build_mapping_model(path, lambda helper, nh: (
+        [helper.make_node("Mul", ["image", "nan"], ["sharpened"])],
+        [nh.from_array(np.array(np.nan, np.float32), "nan")]))
+
+
+def write_clip(path, frames=12, size=(160, 96), fps=15):
+    """A clip of random frames; .avi files are written by OpenCV's own MJPEG encoder, which
+    keeps any frame size (FFmpeg's rounds odd sizes down to even)."""
+    import cv2
+    api = cv2.CAP_OPENCV_MJPEG if str(path).lower().endswith(".avi") else cv2.CAP_ANY
+    writer = cv2.VideoWriter(str(path), api, cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def video_facts(path):
+    """(frame count, shape of the last frame) as a player decodes them."""
+    import cv2
+    cap = cv2.VideoCapture(str(path))
+    count, shape = 0, None
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        count, shape = count + 1, frame.shape
+    cap.release()
+    return count, shape
+
+
 @pytest.fixture(scope="session")
 def test_model(tmp_path_factory):
     return build_test_model(tmp_path_factory.mktemp("models") / "student_test.onnx")

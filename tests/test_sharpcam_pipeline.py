@@ -7,33 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import video_facts, write_clip
 from sharpcam.cli import main
 from sharpcam.controls import ControlState, Controls
 from sharpcam.pipeline import FrameSlot, Pipeline, StatusLine
 from sharpcam.sharpen import Sharpener
 from sharpcam.sinks import VideoFileSink
-
-
-def write_clip(path, frames=12, size=(160, 96), fps=15):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
-    assert writer.isOpened()
-    rng = np.random.default_rng(0)
-    for _ in range(frames):
-        writer.write(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    writer.release()
-    return path
-
-
-def video_facts(path):
-    cap = cv2.VideoCapture(str(path))
-    count, shape = 0, None
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        count, shape = count + 1, frame.shape
-    cap.release()
-    return count, shape
 
 
 def test_file_mode_keeps_every_frame_and_prints_summary(tmp_path, capsys, test_model):

@@ -1,0 +1,35 @@
+"""The sharpcam command's answers to bad input: one clear line, a non-zero exit, nothing lost."""
+import pytest
+
+from conftest import half_size_model, one_channel_model, write_clip
+from sharpcam.cli import main
+
+
+def run_cli(args):
+    """The exit code of ``sharpcam ARGS`` run in this process, argparse's exits included."""
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's own usage errors
+        rc = exc.code
+    return rc
+
+
+def one_error_line(err: str) -> str:
+    """The single error line of a failed run; fails if there is a traceback or a second error."""
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, err
+    assert errors[0].startswith(("sharpcam: error:", "sharpcam bench: error:")), err
+    return errors[0]
+
+
+@pytest.mark.parametrize("make_model", [half_size_model, one_channel_model])
+def test_model_with_wrong_output_shape_fails_its_first_run_in_one_line(make_model, tmp_path, capsys):
+    model = make_model(tmp_path / "wrong.onnx")
+    clip = write_clip(tmp_path / "clip.avi", frames=3)
+    out = tmp_path / "out.avi"
+    rc = run_cli(["--input", clip, "--output", out, "--model", model])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 1
+    assert "shape" in line and "wrong.onnx" in line
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
