@@ -99,23 +99,44 @@ def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=Non
     return rows
 
 
+def _sizes(value: str) -> tuple:
+    sizes = []
+    for item in value.split(","):
+        parts = item.strip().lower().split("x")
+        try:
+            width, height = (int(v) for v in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()!r} is not WIDTHxHEIGHT; expected e.g. 640x480,1280x720") from None
+        if width < 1 or height < 1:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r}: width and height must be positive")
+        sizes.append((width, height))
+    return tuple(sizes)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of seconds") from None
+    if not 0.0 <= seconds <= 3600.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600")
+    return seconds
+
+
 def bench_main(argv) -> int:
-    from .cli import add_model_options, error
+    from .cli import _positive_int, add_model_options, error
     from .engine import Engine, ModelError
     p = argparse.ArgumentParser(prog="sharpcam bench",
                                 description="Frames/s at 640x480, 1280x720 and 1920x1080 for off, "
                                             "unsharp mask and the model (tiled and whole-frame).")
     add_model_options(p)
-    p.add_argument("--tile", type=int, default=256, help="tile size for the tiled column (default 256)")
-    p.add_argument("--seconds", type=float, default=2.0, help="time per cell (default 2)")
-    p.add_argument("--sizes", default=None, metavar="WxH,...", help="resolutions to measure")
+    p.add_argument("--tile", type=_positive_int, default=256,
+                   help="tile size for the tiled column (default 256)")
+    p.add_argument("--seconds", type=_seconds, default=2.0, help="time per cell (default 2)")
+    p.add_argument("--sizes", type=_sizes, default=SIZES, metavar="WxH,...",
+                   help="resolutions to measure (default 640x480,1280x720,1920x1080)")
     args = p.parse_args(argv)
-    sizes = SIZES
-    if args.sizes:
-        try:
-            sizes = tuple(tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(","))
-        except ValueError:
-            return error(f"--sizes {args.sizes!r}: expected e.g. 640x480,1280x720")
     try:
         engine = Engine(args.model, device=args.device, threads=args.threads,
                         receptive_radius=args.receptive_radius, size_multiple=args.size_multiple)
@@ -124,5 +145,8 @@ def bench_main(argv) -> int:
     threads = "" if args.threads else f", default threads ({os.cpu_count()} cores)"
     print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) of the "
           "pipeline without camera or pacing, one frame copy to the sink")
-    bench(engine, sizes=sizes, tile=args.tile, seconds=args.seconds)
+    try:
+        bench(engine, sizes=args.sizes, tile=args.tile, seconds=args.seconds)
+    except ModelError as exc:
+        return error(str(exc))
     return 0

@@ -33,3 +33,20 @@ def test_model_with_wrong_output_shape_fails_its_first_run_in_one_line(make_mode
     assert rc == 1
     assert "shape" in line and "wrong.onnx" in line
     assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--sizes", "0x0"), ("--sizes", "10"), ("--sizes", "64x48x3"), ("--sizes", "ax48"),
+    ("--tile", "-5"), ("--tile", "0"), ("--seconds", "-1"), ("--threads", "0"),
+])
+def test_bench_options_are_checked_like_the_main_command(option, value, capsys, test_model):
+    args = ["bench", "--model", test_model, "--seconds", "0", "--sizes", "64x48", option, value]
+    rc = run_cli(args)
+    line = one_error_line(capsys.readouterr().err)
+    assert rc != 0 and option in line
+
+
+def test_bench_with_a_model_that_fails_its_first_run(tmp_path, capsys):
+    rc = run_cli(["bench", "--model", half_size_model(tmp_path / "half.onnx"), "--seconds", "0",
+                  "--sizes", "64x48"])
+    assert rc == 1 and "shape" in one_error_line(capsys.readouterr().err)
