@@ -127,12 +127,13 @@ def _seconds(value: str) -> float:
 def bench_main(argv) -> int:
     from .cli import _positive_int, add_model_options, error
     from .engine import Engine, ModelError
+    from .tiling import min_useful_tile, tile_problem
     p = argparse.ArgumentParser(prog="sharpcam bench",
                                 description="Frames/s at 640x480, 1280x720 and 1920x1080 for off, "
                                             "unsharp mask and the model (tiled and whole-frame).")
     add_model_options(p)
-    p.add_argument("--tile", type=_positive_int, default=256,
-                   help="tile size for the tiled column (default 256)")
+    p.add_argument("--tile", type=_positive_int, default=None,
+                   help="tile size for the tiled column (default 256, or the model's smallest useful tile)")
     p.add_argument("--seconds", type=_seconds, default=2.0, help="time per cell (default 2)")
     p.add_argument("--sizes", type=_sizes, default=SIZES, metavar="WxH,...",
                    help="resolutions to measure (default 640x480,1280x720,1920x1080)")
@@ -142,11 +143,15 @@ def bench_main(argv) -> int:
                         receptive_radius=args.receptive_radius, size_multiple=args.size_multiple)
     except ModelError as exc:
         return error(str(exc))
+    tile = args.tile or max(256, min_useful_tile(engine.receptive_radius, engine.size_multiple))
+    problem = tile_problem(tile, engine.receptive_radius, engine.size_multiple)
+    if problem:
+        return error(problem)
     threads = "" if args.threads else f", default threads ({os.cpu_count()} cores)"
     print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) of the "
           "pipeline without camera or pacing, one frame copy to the sink")
     try:
-        bench(engine, sizes=args.sizes, tile=args.tile, seconds=args.seconds)
+        bench(engine, sizes=args.sizes, tile=tile, seconds=args.seconds)
     except ModelError as exc:
         return error(str(exc))
     return 0

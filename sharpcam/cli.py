@@ -154,6 +154,7 @@ def run(args) -> int:
     from .sinks import (PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
                         VirtualCameraUnavailable, check_output_path, display_problem)
     from .sources import CameraSource, DemoSource, SourceError, VideoFileSource
+    from .tiling import tile_problem
 
     if args.input and args.demo:
         raise UsageError("use either --input or --demo, not both")
@@ -181,6 +182,10 @@ def run(args) -> int:
     except ModelError as exc:
         raise UsageError(str(exc)) from None
     note("model " + engine.describe())
+    if args.tile is not None:
+        problem = tile_problem(args.tile, engine.receptive_radius, engine.size_multiple)
+        if problem:
+            raise UsageError(problem)
 
     if args.demo:
         source = DemoSource(width=args.width, height=args.height, fps=args.fps, seed=args.seed)

@@ -50,3 +50,14 @@ def test_bench_with_a_model_that_fails_its_first_run(tmp_path, capsys):
     rc = run_cli(["bench", "--model", half_size_model(tmp_path / "half.onnx"), "--seconds", "0",
                   "--sizes", "64x48"])
     assert rc == 1 and "shape" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("command", [[], ["bench", "--seconds", "0", "--sizes", "64x48"]])
+def test_tile_smaller_than_its_context_is_refused(command, tmp_path, capsys, test_model):
+    # The test model's 12 px radius puts a 12 px margin on each side of every tile.
+    clip = write_clip(tmp_path / "clip.avi", frames=2)
+    args = command or ["--input", clip, "--output", tmp_path / "out.avi"]
+    rc = run_cli(args + ["--model", test_model, "--tile", "7"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 1 and "--tile 7" in line and "--tile 24" in line and "--tile 0" in line
+    assert not (tmp_path / "out.avi").exists()
