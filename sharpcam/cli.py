@@ -232,7 +232,9 @@ def run(args) -> int:
             raise UsageError("nothing to send frames to: drop --no-vcam, or add --preview or --output FILE")
 
         # Warm-up (and the tiled/whole-frame measurement) after the sinks: setup errors first.
-        sharpener = Sharpener(engine, tile=args.tile)
+        status = StatusLine()
+        sharpener = Sharpener(engine, tile=args.tile,
+                              warn=lambda message: status.note(f"sharpcam: warning: {message}"))
         try:
             # The first run is part of checking the model: a wrong output shape shows only here.
             warm_ms = sharpener.warm_up(source.height, source.width)
@@ -243,7 +245,6 @@ def run(args) -> int:
         tiler = sharpener.tiler(source.height, source.width)
         note(f"tiling: {tiler.describe()}; warm-up {warm_ms:.0f} ms")
 
-        status = StatusLine()
         pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames)
         if file_mode:
             total = getattr(source, "frame_count", 0) or 0

@@ -119,6 +119,15 @@ class StatusLine:
             self.stream.write(text + "\n")
         self.stream.flush()
 
+    def note(self, text: str) -> None:
+        """A line that stays (a warning), printed above the status line on a terminal."""
+        if self.tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self._width = 0
+            self._last = -1e9  # redraw the status line at the next update
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def finish(self) -> None:
         if self.tty and self._width:
             self.stream.write("\n")

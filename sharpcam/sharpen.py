@@ -7,7 +7,9 @@ only float conversions are the one into the model batch and the one out.
 """
 from __future__ import annotations
 
+import sys
 import time
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -35,6 +37,20 @@ def to_uint8_bgr(rgb_planar: np.ndarray, frame: np.ndarray, strength: float) -> 
     return cv2.merge(planes)
 
 
+def output_is_finite(out: np.ndarray) -> bool:
+    """Whether a model result holds no NaN or infinity, in one pass (~0.5 ms at 720p).
+
+    The sum of squares is NaN or infinite if any element is; it also overflows for
+    values beyond ~1e16, which no image model produces unless it is broken too.
+    """
+    flat = out.reshape(-1)
+    return bool(np.isfinite(np.vdot(flat, flat)))
+
+
+def _warn_on_stderr(message: str) -> None:
+    print(f"sharpcam: warning: {message}", file=sys.stderr, flush=True)
+
+
 def draw_split(original: np.ndarray, processed: np.ndarray) -> np.ndarray:
     """Left half original, right half processed, a 2-pixel divider between."""
     mid = original.shape[1] // 2
@@ -58,12 +74,14 @@ class Sharpener:
 
     AUTO_CANDIDATES = (256, 0)
 
-    def __init__(self, engine: Engine, tile=None):
+    def __init__(self, engine: Engine, tile=None, warn: Optional[Callable[[str], None]] = None):
         self.engine = engine
         self.tile = tile
         self._tilers = {}
         self.model_ms = 0.0
         self.choice_note = ""
+        self._warn = warn if warn is not None else _warn_on_stderr
+        self.passed_through = 0  # frames sent on unsharpened because the model's output was unusable
 
     def tiler(self, height: int, width: int) -> Tiler:
         key = (height, width)
@@ -110,6 +128,13 @@ class Sharpener:
         tiler = self.tiler(frame.shape[0], frame.shape[1])
         out = self.engine.run(tiler.to_batch(frame))
         self.model_ms = self.engine.last_ms
+        if not output_is_finite(out):
+            # NaN turns black in the uint8 blend: a broken model would silently blank the video.
+            self.passed_through += 1
+            if self.passed_through == 1:
+                self._warn("the model's output is not finite (NaN or infinity); passing frames "
+                           "through unsharpened while it is (re-export or retrain the model)")
+            return frame
         result = to_uint8_bgr(tiler.from_batch(out), frame, state.strength)
         if state.mode == "split":
             result = draw_split(frame, result)

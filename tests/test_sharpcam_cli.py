@@ -61,3 +61,19 @@ def test_tile_smaller_than_its_context_is_refused(command, tmp_path, capsys, tes
     line = one_error_line(capsys.readouterr().err)
     assert rc == 1 and "--tile 7" in line and "--tile 24" in line and "--tile 0" in line
     assert not (tmp_path / "out.avi").exists()
+
+
+def test_model_that_outputs_nan_warns_once_and_passes_frames_through(tmp_path, capsys):
+    from conftest import nan_model, video_facts
+    clip = write_clip(tmp_path / "clip.avi", frames=5)
+    out = tmp_path / "out.avi"
+    assert run_cli(["--input", clip, "--output", out, "--model", nan_model(tmp_path / "nan.onnx")]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "not finite" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("sharpcam: warning:"), err
+    assert video_facts(out) == (5, (96, 160, 3))
+    # Unsharpened, not black: the same bytes as a run with the model switched off.
+    off = tmp_path / "off.avi"
+    assert run_cli(["--input", clip, "--output", off, "--model", nan_model(tmp_path / "n2.onnx"),
+                    "--mode", "off"]) == 0
+    assert out.read_bytes() == off.read_bytes()

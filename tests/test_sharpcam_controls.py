@@ -112,3 +112,21 @@ def test_terminal_keys_leave_non_tty_alone(tmp_path):
     with open(tmp_path / "stdin.txt", "w+") as f:
         with TerminalKeys(Controls(), stream=f) as keys:
             assert not keys.active
+
+
+class NanEngine(ConstantEngine):
+    def run(self, batch):
+        out = np.full_like(batch, 0.5)
+        out[0, 1, 0, 0] = np.nan  # one bad value is enough to distrust the whole output
+        return out
+
+
+def test_non_finite_output_passes_the_frame_through_and_warns_once():
+    warnings = []
+    sharpener = Sharpener(NanEngine(), tile=0, warn=warnings.append)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        frame = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+        assert np.array_equal(sharpener.process(frame, ControlState()), frame)
+    assert len(warnings) == 1 and "not finite" in warnings[0]
+    assert sharpener.passed_through == 3

@@ -325,3 +325,16 @@ def test_camera_back_at_another_size_keeps_sink_size():
     sink = RecordingSink()
     Pipeline(source, Bypass(), Controls(), [sink], max_frames=4).run_live()
     assert [f.shape for f in sink.frames] == [(24, 32, 3)] * 4
+
+
+def test_status_note_stays_above_the_status_line_on_a_tty():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream, clock = Tty(), FakeClock()
+    status = StatusLine(stream, clock=clock)
+    status.update("status 1")
+    status.note("warning")
+    status.update("status 2")  # at once: the note removed the line, so it is drawn again
+    assert stream.getvalue() == "\rstatus 1\r        \rwarning\n\rstatus 2"
