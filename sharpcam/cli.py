@@ -137,14 +137,22 @@ def list_cameras_command() -> int:
 DEMO_FILE_FRAMES = 300
 
 
-def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack) -> None:
-    """A service manager's stop (SIGTERM) ends the run as cleanly as `q` does."""
+def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack):
+    """A service manager's stop or `kill` (SIGTERM) ends the run as cleanly as `q` does:
+    sinks are closed, so a recording keeps its frames. Returns an Event set by the signal."""
     import signal
     import threading
+    terminated = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: controls.quit.set())
+        return terminated
+
+    def stop(signum, frame):
+        terminated.set()
+        controls.quit.set()
+
+    previous = signal.signal(signal.SIGTERM, stop)
     stack.callback(signal.signal, signal.SIGTERM, previous)
+    return terminated
 
 
 def run(args) -> int:
@@ -201,6 +209,8 @@ def run(args) -> int:
         note(f"demo to file: {DEMO_FILE_FRAMES} frames (use --max-frames to change)")
 
     with contextlib.ExitStack() as stack:
+        # Before anything is opened: a SIGTERM from here on closes what is open, in order.
+        terminated = _quit_on_sigterm(controls, stack)
         try:
             stack.enter_context(source)
         except SourceError as exc:
@@ -252,8 +262,12 @@ def run(args) -> int:
                 total = min(total, max_frames) if total else max_frames
             summary = pipeline.run_file(Progress(total, status))
             print(summary.line(), flush=True)
+            if terminated.is_set():
+                # A batch job stopped early: the file is complete but shorter, and scripts can tell.
+                note(f"stopped by SIGTERM; {args.output} holds the {summary.frames} frames written"
+                     if summary.frames else "stopped by SIGTERM before any frame; no file written")
+                return 128 + 15
         else:
-            _quit_on_sigterm(controls, stack)
             keys = stack.enter_context(TerminalKeys(controls))
             if keys.active or args.preview:
                 note(HOTKEY_HELP)

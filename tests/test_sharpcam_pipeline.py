@@ -338,3 +338,37 @@ def test_status_note_stays_above_the_status_line_on_a_tty():
     status.note("warning")
     status.update("status 2")  # at once: the note removed the line, so it is drawn again
     assert stream.getvalue() == "\rstatus 1\r        \rwarning\n\rstatus 2"
+
+
+def test_sigterm_in_file_mode_finishes_the_file(tmp_path, test_model):
+    """`kill -TERM` during `--input clip --loop --output out` keeps what was written."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clip = write_clip(tmp_path / "clip.avi", frames=6)
+    out = tmp_path / "out.avi"
+    proc = subprocess.Popen([sys.executable, "-m", "sharpcam", "--input", str(clip), "--loop",
+                             "--output", str(out), "--model", str(test_model)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        seen = ""
+        while " frames " not in seen:  # the progress line: frames are being written
+            assert time.monotonic() < deadline and proc.poll() is None, seen
+            if select.select([proc.stderr], [], [], 0.5)[0]:
+                seen += proc.stderr.readline()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    written = int(re.search(r"frames=(\d+)", stdout).group(1))
+    assert written >= 1 and video_facts(out)[0] == written
+    assert not list(tmp_path.glob(".*partial*")) and os.path.exists(clip)
+    assert "SIGTERM" in stderr and "Traceback" not in stderr
