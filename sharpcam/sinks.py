@@ -167,6 +167,9 @@ class PreviewSink:
 
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+# OpenCV's own MJPEG writer keeps any frame size; through FFmpeg, OpenCV rounds odd widths
+# and heights down to even (33x17 became 32x16, silently), so only .avi keeps odd sizes.
+ANY_SIZE_EXTENSIONS = (".avi",)
 
 
 def check_output_path(path: str) -> Optional[str]:
@@ -206,8 +209,14 @@ class VideoFileSink:
         problem = check_output_path(self.path)
         if problem:
             raise SinkError(problem)
-        codec = VIDEO_CODECS[os.path.splitext(self.path)[1].lower()]
-        writer = cv2.VideoWriter(self.partial_path, cv2.VideoWriter_fourcc(*codec), self.fps,
+        ext = os.path.splitext(self.path)[1].lower()
+        codec = VIDEO_CODECS[ext]
+        if ext not in ANY_SIZE_EXTENSIONS and (self.width % 2 or self.height % 2):
+            raise SinkError(f"--output {self.path}: {ext} video needs an even width and height and "
+                            f"the frames are {self.width}x{self.height}; use a .avi name, which "
+                            "keeps any size")
+        api = cv2.CAP_OPENCV_MJPEG if ext in ANY_SIZE_EXTENSIONS else cv2.CAP_ANY
+        writer = cv2.VideoWriter(self.partial_path, api, cv2.VideoWriter_fourcc(*codec), self.fps,
                                  (self.width, self.height))
         if not writer.isOpened():
             writer.release()

@@ -372,3 +372,20 @@ def test_sigterm_in_file_mode_finishes_the_file(tmp_path, test_model):
     assert written >= 1 and video_facts(out)[0] == written
     assert not list(tmp_path.glob(".*partial*")) and os.path.exists(clip)
     assert "SIGTERM" in stderr and "Traceback" not in stderr
+
+
+def test_odd_frame_size_is_kept_in_the_output_file(tmp_path, test_model):
+    clip = write_clip(tmp_path / "odd.avi", frames=3, size=(33, 17))
+    assert video_facts(clip) == (3, (17, 33, 3))
+    out = tmp_path / "out.avi"
+    assert main(["--input", str(clip), "--output", str(out), "--model", str(test_model)]) == 0
+    assert video_facts(out) == (3, (17, 33, 3))
+
+
+def test_odd_frame_size_into_an_even_only_format_is_refused(tmp_path, capsys, test_model):
+    clip = write_clip(tmp_path / "odd.avi", frames=3, size=(33, 17))
+    out = tmp_path / "out.mp4"
+    assert main(["--input", str(clip), "--output", str(out), "--model", str(test_model)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sharpcam: error: --output") and "33x17" in err[-1] and ".avi" in err[-1]
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
