@@ -155,6 +155,16 @@ def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack):
     return terminated
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file, however spelled (relative, via links, hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
 def run(args) -> int:
     from .engine import Engine, ModelError
     from .pipeline import Pipeline, Progress, StatusLine
@@ -176,6 +186,9 @@ def run(args) -> int:
         problem = check_output_path(args.output)
         if problem:
             raise UsageError(problem)
+        if args.input and _same_file(args.input, args.output):
+            raise UsageError(f"--output {args.output} is the --input file; sharpcam would overwrite "
+                             "the video it reads: choose another output name")
     if args.preview:
         problem = display_problem()
         if problem:

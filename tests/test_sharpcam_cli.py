@@ -77,3 +77,19 @@ def test_model_that_outputs_nan_warns_once_and_passes_frames_through(tmp_path, c
     assert run_cli(["--input", clip, "--output", off, "--model", nan_model(tmp_path / "n2.onnx"),
                     "--mode", "off"]) == 0
     assert out.read_bytes() == off.read_bytes()
+
+
+@pytest.mark.parametrize("spelling", ["same", "relative", "hard link"])
+def test_output_that_is_the_input_is_refused(spelling, tmp_path, monkeypatch, capsys, test_model):
+    import os
+    clip = write_clip(tmp_path / "clip.avi", frames=3)
+    before = clip.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    output = {"same": clip, "relative": "./sub/../clip.avi", "hard link": tmp_path / "link.avi"}[spelling]
+    (tmp_path / "sub").mkdir()
+    if spelling == "hard link":
+        os.link(clip, output)
+    rc = run_cli(["--input", clip, "--output", output, "--model", test_model])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 1 and "--input" in line and "overwrite" in line
+    assert clip.read_bytes() == before
