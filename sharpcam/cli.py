@@ -168,12 +168,14 @@ def _same_file(a: str, b: str) -> bool:
 def run(args) -> int:
     from .engine import Engine, ModelError
     from .pipeline import Pipeline, Progress, StatusLine
+    from .quiet import quiet_native_logs
     from .sharpen import Sharpener
     from .sinks import (PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
                         VirtualCameraUnavailable, check_output_path, display_problem)
     from .sources import CameraSource, DemoSource, SourceError, VideoFileSource
     from .tiling import tile_problem
 
+    quiet_native_logs()  # before OpenCV first uses FFmpeg: it reads the log level only then
     if args.input and args.demo:
         raise UsageError("use either --input or --demo, not both")
     if args.loop and not args.input:

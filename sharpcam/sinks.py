@@ -11,11 +11,14 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Optional
 
 import cv2
 import numpy as np
+
+from .quiet import quiet_native_logs
 
 
 class SinkError(Exception):
@@ -174,17 +177,26 @@ ANY_SIZE_EXTENSIONS = (".avi",)
 
 def check_output_path(path: str) -> Optional[str]:
     """Why ``path`` cannot be written as a video, or None if it can."""
+    if os.path.isdir(path):
+        return f"--output {path} is a directory; give a file name such as {os.path.join(path, 'out.mp4')}"
     ext = os.path.splitext(path)[1].lower()
     if ext not in VIDEO_CODECS:
         return (f"--output {path}: unknown video type {ext or '(none)'!r}; "
                 f"use one of {', '.join(sorted(VIDEO_CODECS))}")
-    if os.path.isdir(path):
-        return f"--output {path} is a directory; give a file name such as {os.path.join(path, 'out.mp4')}"
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         return f"--output {path}: folder {folder} does not exist; create it first"
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return f"--output {path}: no permission to write there; choose another path"
+    # os.access says yes to root everywhere, /proc and /sys included: only creating a file
+    # (the temporary name is created the same way) tells whether the folder takes one.
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sharpcam-probe-")
+    except OSError as exc:
+        return (f"--output {path}: cannot create a file in {folder} ({exc.strerror or exc}); "
+                "choose a folder you can write to")
+    os.close(fd)
+    os.remove(probe)
     return None
 
 
@@ -215,6 +227,7 @@ class VideoFileSink:
             raise SinkError(f"--output {self.path}: {ext} video needs an even width and height and "
                             f"the frames are {self.width}x{self.height}; use a .avi name, which "
                             "keeps any size")
+        quiet_native_logs()
         api = cv2.CAP_OPENCV_MJPEG if ext in ANY_SIZE_EXTENSIONS else cv2.CAP_ANY
         writer = cv2.VideoWriter(self.partial_path, api, cv2.VideoWriter_fourcc(*codec), self.fps,
                                  (self.width, self.height))

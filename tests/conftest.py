@@ -124,10 +124,11 @@ def nan_model(path):
 
 def write_clip(path, frames=12, size=(160, 96), fps=15):
     """A clip of random frames; .avi files are written by OpenCV's own MJPEG encoder, which
-    keeps any frame size (FFmpeg's rounds odd sizes down to even)."""
+    keeps any frame size (FFmpeg's rounds odd sizes down to even), others as mp4v."""
     import cv2
-    api = cv2.CAP_OPENCV_MJPEG if str(path).lower().endswith(".avi") else cv2.CAP_ANY
-    writer = cv2.VideoWriter(str(path), api, cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    avi = str(path).lower().endswith(".avi")
+    writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG if avi else cv2.CAP_ANY,
+                             cv2.VideoWriter_fourcc(*("MJPG" if avi else "mp4v")), fps, size)
     assert writer.isOpened()
     rng = np.random.default_rng(0)
     for _ in range(frames):

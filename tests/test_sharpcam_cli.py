@@ -1,4 +1,6 @@
 """The sharpcam command's answers to bad input: one clear line, a non-zero exit, nothing lost."""
+import os
+
 import pytest
 
 from conftest import half_size_model, one_channel_model, write_clip
@@ -93,3 +95,45 @@ def test_output_that_is_the_input_is_refused(spelling, tmp_path, monkeypatch, ca
     line = one_error_line(capsys.readouterr().err)
     assert rc == 1 and "--input" in line and "overwrite" in line
     assert clip.read_bytes() == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc and /sys; run on Linux")
+@pytest.mark.parametrize("output", ["/proc/x.mp4", "/sys/x.avi"])
+def test_output_in_a_folder_nobody_can_write_names_the_os_error(output, capsys, test_model):
+    # root passes os.access() everywhere, so only creating a file tells the truth.
+    rc = run_cli(["--demo", "--output", output, "--model", test_model, "--max-frames", "1"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 1 and "cannot create" in line and "encode" not in line
+    assert ("No such file" in line) or ("Permission denied" in line) or ("Read-only" in line)
+
+
+def test_output_that_is_a_directory_says_so(tmp_path, capsys, test_model):
+    (tmp_path / "videos").mkdir()
+    rc = run_cli(["--demo", "--output", tmp_path / "videos", "--model", test_model])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 1 and "is a directory" in line and "unknown video type" not in line
+
+
+def test_input_that_is_a_directory_says_so(tmp_path, capsys, test_model):
+    (tmp_path / "videos").mkdir()
+    rc = run_cli(["--input", tmp_path / "videos", "--output", tmp_path / "o.avi", "--model", test_model])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 1 and "is a directory" in line and "not found" not in line
+
+
+@pytest.mark.parametrize("case", ["truncated mp4", "missing camera"])
+def test_stderr_holds_only_sharpcams_lines(case, tmp_path, test_model):
+    """OpenCV and FFmpeg print their own warnings ("moov atom not found") next to ours
+    unless they are silenced; a fresh process, as FFmpeg's log level is set once per process."""
+    import subprocess
+    import sys
+    whole = write_clip(tmp_path / "whole.mp4", frames=5)
+    broken = tmp_path / "cut.mp4"  # an interrupted download: the index (moov atom) is missing
+    broken.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    args = {"truncated mp4": ["--input", str(broken)],
+            "missing camera": ["--camera", "97", "--no-vcam"]}[case]
+    proc = subprocess.run([sys.executable, "-m", "sharpcam", *args, "--output", str(tmp_path / "o.avi"),
+                           "--model", str(test_model)], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith("sharpcam: error:"), proc.stderr
+    assert all(line.startswith("sharpcam:") for line in lines), proc.stderr
