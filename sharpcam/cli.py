@@ -136,6 +136,36 @@ def list_cameras_command() -> int:
 
 DEMO_FILE_FRAMES = 300
 
+# Peak memory of a whole-frame run of the bundled student with the demo source measured
+# ~120 bytes per pixel (146 MB at 640x480, 354 MB at 1920x1080); with headroom:
+BYTES_PER_PIXEL = 160
+
+
+def available_memory() -> Optional[int]:
+    """Bytes the system can still give this process, where it says (Linux, most Unixes)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def frame_memory_problem(what: str, width: int, height: int) -> Optional[str]:
+    """Why frames of this size would not fit in free memory, or None (also when unknown)."""
+    free = available_memory()
+    need = width * height * BYTES_PER_PIXEL
+    if free is None or need <= free:
+        return None
+    return (f"{what} {width}x{height} needs about {need / 2**30:.1f} GB of memory and "
+            f"{free / 2**30:.1f} GB is free; use a smaller --width/--height (1280x720 needs "
+            f"{1280 * 720 * BYTES_PER_PIXEL / 2**30:.2f} GB)")
+
 
 def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack):
     """A service manager's stop or `kill` (SIGTERM) ends the run as cleanly as `q` does:
@@ -211,6 +241,10 @@ def run(args) -> int:
             raise UsageError(problem)
 
     if args.demo:
+        # The demo renders at the size asked for: check it before its buffers are allocated.
+        problem = frame_memory_problem("--demo", args.width, args.height)
+        if problem:
+            raise UsageError(problem)
         source = DemoSource(width=args.width, height=args.height, fps=args.fps, seed=args.seed)
     elif args.input:
         source = VideoFileSource(args.input, loop=args.loop)
@@ -231,6 +265,12 @@ def run(args) -> int:
         except SourceError as exc:
             raise UsageError(str(exc)) from None
         note(source.describe())
+        # A camera or a file decides its own size (a camera answers a request it cannot meet
+        # with the nearest size it has): check what it delivers before the model allocates.
+        what = f"--input {args.input}" if args.input else "--demo" if args.demo else f"camera {args.camera}"
+        problem = frame_memory_problem(what, source.width, source.height)
+        if problem:
+            raise UsageError(problem)
 
         sinks = []
         if want_vcam:

@@ -137,3 +137,25 @@ def test_stderr_holds_only_sharpcams_lines(case, tmp_path, test_model):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and lines[-1].startswith("sharpcam: error:"), proc.stderr
     assert all(line.startswith("sharpcam:") for line in lines), proc.stderr
+
+
+def test_frame_size_beyond_free_memory_is_refused_before_allocating(tmp_path, monkeypatch, capsys,
+                                                                    test_model):
+    import sharpcam.cli
+    monkeypatch.setattr(sharpcam.cli, "available_memory", lambda: 64 * 2**20, raising=False)
+    out = tmp_path / "out.avi"
+    rc = run_cli(["--demo", "--width", "2000", "--height", "2000", "--max-frames", "1",
+                  "--output", out, "--model", test_model])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 1 and "2000x2000" in line and "memory" in line and "--width" in line
+    assert not out.exists()
+
+
+def test_opened_source_too_large_for_free_memory_is_refused(tmp_path, monkeypatch, capsys, test_model):
+    # A camera or file decides its own size; it is checked once known, before the warm-up.
+    import sharpcam.cli
+    clip = write_clip(tmp_path / "clip.avi", frames=2, size=(160, 96))
+    monkeypatch.setattr(sharpcam.cli, "available_memory", lambda: 2**20, raising=False)
+    rc = run_cli(["--input", clip, "--output", tmp_path / "out.avi", "--model", test_model])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 1 and "160x96" in line and "memory" in line
