@@ -272,7 +272,7 @@ def run(args) -> int:
         if problem:
             raise UsageError(problem)
 
-        sinks = []
+        sinks, vcam = [], None
         if want_vcam:
             try:
                 vcam = stack.enter_context(VirtualCameraSink(
@@ -311,11 +311,16 @@ def run(args) -> int:
         note(f"tiling: {tiler.describe()}; warm-up {warm_ms:.0f} ms")
 
         pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames)
+        interrupted = False
         if file_mode:
-            total = getattr(source, "frame_count", 0) or 0
+            # A looping file has no end of its own: only --max-frames makes a total.
+            total = 0 if args.loop else (getattr(source, "frame_count", 0) or 0)
             if max_frames:
                 total = min(total, max_frames) if total else max_frames
-            summary = pipeline.run_file(Progress(total, status))
+            try:
+                summary = pipeline.run_file(Progress(total, status))
+            except KeyboardInterrupt:
+                summary, interrupted = pipeline.summary, True
             print(summary.line(), flush=True)
             if terminated.is_set():
                 # A batch job stopped early: the file is complete but shorter, and scripts can tell.
@@ -326,9 +331,21 @@ def run(args) -> int:
             keys = stack.enter_context(TerminalKeys(controls))
             if keys.active or args.preview:
                 note(HOTKEY_HELP)
-            summary = pipeline.run_live()
+            try:
+                summary = pipeline.run_live()
+            except KeyboardInterrupt:
+                summary, interrupted = pipeline.summary, True
             note(f"stopped: {summary.line()} dropped={summary.dropped} "
                  f"latency_ms={summary.latency_ms:.1f}")
+    # The with-block has closed every sink: a recording now has its final name.
+    if interrupted:
+        done = [f"{name} released" for name, used in
+                (("camera", isinstance(source, CameraSource)), ("virtual camera", vcam is not None)) if used]
+        if args.output:
+            done.append(f"{args.output} kept with {summary.frames} frames" if summary.frames
+                        else "no frame written, no file made")
+        note("interrupted" + (": " + ", ".join(done) if done else ""))
+        return 130
     return 0
 
 
@@ -345,9 +362,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         return error(str(exc))
     except KeyboardInterrupt:
-        # The with-blocks above have already released the camera and virtual camera.
+        # Only during start-up (a run catches its own); the with-blocks closed what was open.
         print("", file=sys.stderr)
-        note("interrupted, camera and virtual camera released")
+        note("interrupted during start-up")
         return 130
 
 

@@ -142,7 +142,7 @@ class Progress:
         self.total, self.status = total, status
 
     def update(self, done: int, fps: float, force: bool = False) -> None:
-        if self.total:
+        if self.total and done <= self.total:
             frac = min(1.0, done / self.total)
             bar = "#" * int(frac * 30)
             text = f"[{bar:<30}] {done}/{self.total} frames {fps:.1f} fps"

@@ -10,7 +10,7 @@ import pytest
 from conftest import video_facts, write_clip
 from sharpcam.cli import main
 from sharpcam.controls import ControlState, Controls
-from sharpcam.pipeline import FrameSlot, Pipeline, StatusLine
+from sharpcam.pipeline import FrameSlot, Pipeline, Progress, StatusLine
 from sharpcam.sharpen import Sharpener
 from sharpcam.sinks import VideoFileSink
 
@@ -389,3 +389,41 @@ def test_odd_frame_size_into_an_even_only_format_is_refused(tmp_path, capsys, te
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("sharpcam: error: --output") and "33x17" in err[-1] and ".avi" in err[-1]
     assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_ctrl_c_in_file_mode_keeps_the_file_and_prints_the_summary(tmp_path, monkeypatch, capsys,
+                                                                    test_model):
+    from sharpcam.sources import VideoFileSource
+    clip = write_clip(tmp_path / "clip.avi", frames=12)
+    real_read = VideoFileSource.read
+    reads = {"n": 0}
+
+    def read(self):
+        reads["n"] += 1
+        if reads["n"] == 4:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+        return real_read(self)
+
+    monkeypatch.setattr(VideoFileSource, "read", read)
+    out = tmp_path / "out.avi"
+    assert main(["--input", str(clip), "--output", str(out), "--model", str(test_model)]) == 130
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"frames=3 fps=\d+\.\d model_ms=\d+\.\d", captured.out.strip().splitlines()[-1])
+    last = captured.err.strip().splitlines()[-1]
+    assert "interrupted" in last and str(out) in last and "camera" not in last
+    assert video_facts(out)[0] == 3 and not list(tmp_path.glob(".*partial*"))
+
+
+def test_looping_progress_counts_against_max_frames_not_the_clip(tmp_path, capsys, test_model):
+    clip = write_clip(tmp_path / "clip.avi", frames=12)
+    assert main(["--input", str(clip), "--loop", "--max-frames", "30", "--output",
+                 str(tmp_path / "out.avi"), "--model", str(test_model)]) == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if " frames " in line]
+    assert progress[-1].split("]")[1].split()[0] == "30/30", progress
+    assert not any("/12 " in line for line in progress), progress
+
+
+def test_progress_never_shows_more_done_than_total():
+    stream = io.StringIO()
+    Progress(90, StatusLine(stream)).update(14805, 30.0, force=True)
+    assert "14805/90" not in stream.getvalue() and "14805 frames" in stream.getvalue()

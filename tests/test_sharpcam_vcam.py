@@ -120,4 +120,6 @@ def test_ctrl_c_releases_virtual_camera_and_keeps_recording(only_recorder, tmp_p
     backend = only_recorder.instances[0]
     assert backend.closed and len(backend.frames) == 3
     assert out.exists() and not list(tmp_path.glob(".*partial*"))
-    assert "released" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "virtual camera released" in err
+    assert "stopped: frames=2" in err  # the summary on Ctrl-C too; the file got 2 before the third raised
