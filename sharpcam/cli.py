@@ -285,7 +285,8 @@ def run(args) -> int:
                 note(f"{exc}\nsharpcam: continuing with "
                      + " and ".join(n for n, on in (("the preview", args.preview), ("--output", args.output)) if on))
         if args.preview:
-            sinks.append(stack.enter_context(PreviewSink(controls.press, on_close=controls.quit.set)))
+            sinks.append(stack.enter_context(PreviewSink(controls.press, on_close=controls.quit.set,
+                                                         state=lambda: controls.state)))
         if args.output:
             try:
                 sinks.append(stack.enter_context(

@@ -7,6 +7,7 @@ aborts the whole process otherwise) and whether the output path is writable.
 """
 from __future__ import annotations
 
+import collections
 import os
 import platform
 import subprocess
@@ -18,6 +19,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
+from .controls import ControlState
 from .quiet import quiet_native_logs
 
 
@@ -115,14 +117,52 @@ def display_problem(timeout: float = 15.0) -> Optional[str]:
     return None
 
 
+LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _draw_label(frame: np.ndarray, text: str, x: int, scale: float) -> None:
+    (tw, th), base = cv2.getTextSize(text, LABEL_FONT, scale, 1)
+    pad, top = 3, 4
+    x0, y0, x1, y1 = x, top, min(frame.shape[1], x + tw + 2 * pad), top + th + base + 2 * pad
+    # Darkened, not blacked out: the label stays readable without hiding the picture.
+    frame[y0:y1, x0:x1] //= 2
+    cv2.putText(frame, text, (x0 + pad, y0 + pad + th), LABEL_FONT, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+
+
+def draw_preview_labels(frame: np.ndarray, state: ControlState, fps: float) -> np.ndarray:
+    """A copy of ``frame`` with small labels in its top rows: what the picture (or each half of
+    the split view) shows, the strength and the frames per second. Preview only: the copy
+    keeps the labels out of the frame the virtual camera and the file receive."""
+    out = frame.copy()
+    scale = max(0.35, min(0.7, out.shape[0] / 1800))
+    rate = f"{fps:.0f} fps" if fps else ""
+    sharpened = " | ".join(t for t in ("SharpCam", f"strength {state.strength:.1f}", rate) if t)
+    if state.mode == "split":
+        _draw_label(out, "original", 4, scale)
+        _draw_label(out, sharpened, out.shape[1] // 2 + 4, scale)
+    elif state.mode == "off":
+        _draw_label(out, " | ".join(t for t in ("original", rate) if t), 4, scale)
+    else:
+        _draw_label(out, sharpened, 4, scale)
+    return out
+
+
 class PreviewSink:
-    """An OpenCV window; keys pressed in it go to the controls like terminal keys."""
+    """An OpenCV window; keys pressed in it go to the controls like terminal keys.
+
+    With ``state`` (returns the current ControlState) the window labels what it shows."""
 
     def __init__(self, on_key: Callable[[str], None], *, title: str = "SharpCam preview",
-                 on_close: Optional[Callable[[], None]] = None):
+                 on_close: Optional[Callable[[], None]] = None,
+                 state: Optional[Callable[[], ControlState]] = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.title = title
         self._on_key = on_key
         self._on_close = on_close
+        self._state = state
+        self._clock = clock
+        self._sent_at = collections.deque(maxlen=30)  # recent send times, for the frame rate
         self._open = False
         self._shown = 0
 
@@ -137,7 +177,15 @@ class PreviewSink:
         self._open = True
         return self
 
+    @property
+    def fps(self) -> float:
+        times = self._sent_at
+        return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+
     def send(self, frame: np.ndarray) -> None:
+        self._sent_at.append(self._clock())
+        if self._state is not None:
+            frame = draw_preview_labels(frame, self._state(), self.fps)
         cv2.imshow(self.title, frame)
         self._shown += 1
         self.poll_keys()
