@@ -313,6 +313,10 @@ def run(args) -> int:
 
         pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames)
         interrupted = False
+        # Keys work wherever sharpcam runs in a terminal (and the terminal stops echoing them).
+        keys = stack.enter_context(TerminalKeys(controls))
+        if keys.active or args.preview:
+            note(HOTKEY_HELP)
         if file_mode:
             # A looping file has no end of its own: only --max-frames makes a total.
             total = 0 if args.loop else (getattr(source, "frame_count", 0) or 0)
@@ -329,9 +333,6 @@ def run(args) -> int:
                      if summary.frames else "stopped by SIGTERM before any frame; no file written")
                 return 128 + 15
         else:
-            keys = stack.enter_context(TerminalKeys(controls))
-            if keys.active or args.preview:
-                note(HOTKEY_HELP)
             try:
                 summary = pipeline.run_live()
             except KeyboardInterrupt:

@@ -130,3 +130,52 @@ def test_non_finite_output_passes_the_frame_through_and_warns_once():
         assert np.array_equal(sharpener.process(frame, ControlState()), frame)
     assert len(warnings) == 1 and "not finite" in warnings[0]
     assert sharpener.passed_through == 3
+
+
+def test_keys_work_in_file_mode_and_are_not_echoed(tmp_path, test_model):
+    """`sharpcam --input clip --output out` in a terminal: q ends the file cleanly."""
+    import select
+    import subprocess
+    import sys
+    import time
+
+    from conftest import video_facts, write_clip
+    clip = write_clip(tmp_path / "clip.avi", frames=6)
+    out = tmp_path / "out.avi"
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen([sys.executable, "-m", "sharpcam", "--input", str(clip), "--loop",
+                             "--output", str(out), "--model", str(test_model)],
+                            stdin=slave, stdout=slave, stderr=slave)
+    seen = b""
+
+    def read_until(needle, limit=120.0):
+        nonlocal seen
+        end = time.monotonic() + limit
+        while needle not in seen:
+            assert time.monotonic() < end and proc.poll() is None, seen.decode(errors="replace")
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 4096)
+
+    try:
+        read_until(b" frames ")
+        mark = len(seen)
+        os.write(master, b"z")  # no such key: ignored, and not echoed onto the progress bar
+        read_until(b" fps", limit=30)
+        os.write(master, b"q")
+        assert proc.wait(timeout=60) == 0, seen.decode(errors="replace")
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                seen += os.read(master, 4096)
+            except OSError:
+                break
+        assert b"z" not in seen[mark:], seen[mark:]
+        assert b"keys: space on/off" in seen
+        assert termios.tcgetattr(slave) == before
+        assert video_facts(out)[0] >= 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
