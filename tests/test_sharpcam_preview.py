@@ -162,3 +162,34 @@ def test_split_labels_name_both_halves():
     changed = np.any(labelled != 128, axis=2)
     assert changed[:, :160].any() and changed[:, 160:].any()
     assert not changed[60:].any()  # small: top rows only
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_preview_tests_skip_without_xvfb_unless_ci_requires_them(required, tmp_path):
+    """On a machine without Xvfb the X tests skip, saying how to run them; CI (.ci/run sets
+    SHARPCAM_REQUIRE_XVFB=1) fails instead, so they cannot silently stop running there."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no Xvfb on this PATH
+    env.pop("SHARPCAM_REQUIRE_XVFB", None)
+    if required:
+        env["SHARPCAM_REQUIRE_XVFB"] = "1"
+    test = f"{__file__}::test_display_check_passes_under_xvfb"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", test],
+                          env=env, capture_output=True, text=True, timeout=120)
+    if required:
+        assert proc.returncode != 0 and "1 error" in proc.stdout, proc.stdout
+        assert "SHARPCAM_REQUIRE_XVFB" in proc.stdout
+    else:
+        assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout
+        assert "apt-get install xvfb" in proc.stdout
+
+
+def test_ci_requires_the_x_tests_and_runs_the_readme_command():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    ci = (root / ".ci" / "run").read_text()
+    assert "export SHARPCAM_REQUIRE_XVFB=1" in ci
+    readme_test_line = (root / "README.md").read_text().splitlines()[2]
+    assert "python -m pytest -q" in readme_test_line and ci.rstrip().endswith("python -m pytest -q")
