@@ -147,7 +147,7 @@ def bench_main(argv) -> int:
     problem = tile_problem(tile, engine.receptive_radius, engine.size_multiple)
     if problem:
         return error(problem)
-    threads = "" if args.threads else f", default threads ({os.cpu_count()} cores)"
+    threads = "" if args.threads else f" (the default for {os.cpu_count()} cores)"
     print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) of the "
           "pipeline without camera or pacing, one frame copy to the sink")
     try:

@@ -69,7 +69,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="execution provider: auto picks CUDA, DirectML, CoreML or OpenVINO when installed")
     g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                   help="CPU threads for inference (default: onnxruntime's choice)")
+                   help="CPU threads for inference (default: the cores less one for the call "
+                        "app, at most 4; all of them below 4 cores)")
     g.add_argument("--receptive-radius", type=int, default=None, metavar="PX",
                    help=argparse.SUPPRESS)  # for foreign models without SharpCam metadata
     g.add_argument("--size-multiple", type=int, default=None, metavar="N", help=argparse.SUPPRESS)

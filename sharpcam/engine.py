@@ -28,6 +28,13 @@ CPU_PROVIDER = "CPUExecutionProvider"
 MAX_SIZE_MULTIPLE = 32
 
 
+def default_threads() -> int:
+    """Inference threads when --threads is not given: with 4 or more cores one is left to
+    the call app, which encodes our video (at most 4: a small UNet gains little beyond)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(4, cores - 1)) if cores >= 4 else cores
+
+
 class ModelError(Exception):
     """The model file is missing, unreadable or breaks the SharpCam contract."""
 
@@ -96,10 +103,10 @@ class Engine:
         if not os.path.isfile(model_path):
             raise ModelError(f"model file not found: {model_path} (pass --model PATH to a student .onnx)")
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            # Inter-op parallelism only helps branchy graphs; a UNet is a chain.
-            options.inter_op_num_threads = 1
+        threads = threads or default_threads()
+        options.intra_op_num_threads = int(threads)
+        # Inter-op parallelism only helps branchy graphs; a UNet is a chain.
+        options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning worker threads burn the cores the capture thread and the call app (which
         # encodes our video) need; measured on 2 cores with other load, 2 threads went from
