@@ -2,7 +2,8 @@
 
 Measures the per-frame work of the pipeline (no camera, no pacing): ``off``
 is the full pipeline path with the model bypassed, ``unsharp`` the classical
-baseline, and the model both tiled and whole-frame, at the thread count given.
+baseline, and the model both tiled and whole-frame, at the thread count given;
+for each, frames per second and the process's CPU use (cores kept busy).
 """
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ class _UnsharpSharpener:
         return unsharp_mask(frame)
 
 
-def time_pipeline(frame, sharpener, seconds: float, min_frames: int = 3) -> float:
-    """Frames per second of the file-mode pipeline over repeated copies of ``frame``."""
+def time_pipeline(frame, sharpener, seconds: float, min_frames: int = 3) -> tuple:
+    """(frames per second, CPU use in cores) of the file-mode pipeline over repeated copies
+    of ``frame``. CPU use is the process's CPU seconds (every thread) per second over the
+    timed loop: 2.0 means two cores kept busy."""
     from .controls import Controls
     from .pipeline import Pipeline
     source = _RepeatSource(frame)
@@ -57,11 +60,12 @@ def time_pipeline(frame, sharpener, seconds: float, min_frames: int = 3) -> floa
     # One untimed frame first: allocation and first-run costs are not steady state.
     sink = _CopySink()
     Pipeline(source, sharpener, controls, [sink], max_frames=1).run_file()
-    frames, start = 0, time.perf_counter()
+    frames, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while frames < min_frames or time.perf_counter() - start < seconds:
         Pipeline(source, sharpener, controls, [sink], max_frames=1).run_file()
         frames += 1
-    return frames / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return frames / wall, cpu / wall
 
 
 def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=None) -> list:
@@ -84,18 +88,18 @@ def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=Non
     methods = [("off", lambda: _Off()), ("unsharp", lambda: _UnsharpSharpener()),
                (f"model tile {tile}", lambda: Sharpener(engine, tile=tile)),
                ("model whole", lambda: Sharpener(engine, tile=0))]
-    header = f"{'resolution':<11}" + "".join(f"{name:>22}" for name, _ in methods)
-    print(header, file=out)
+    header = f"{'resolution':<11}" + "".join(f"{name:>30}" for name, _ in methods)
+    print(header + "   (cpu: cores busy, CPU seconds per second)", file=out)
     for width, height in sizes:
         with DemoSource(width=width, height=height) as demo:
             frame = demo.read()
         cells = []
         for name, make in methods:
-            fps = time_pipeline(frame, make(), seconds)
-            cells.append(fps)
+            cells.append(time_pipeline(frame, make(), seconds))
         rows.append(((width, height), cells))
         print(f"{f'{width}x{height}':<11}" + "".join(
-            f"{f'{fps:.1f} fps ({1000 / fps:.1f} ms)':>22}" for fps in cells), file=out, flush=True)
+            f"{f'{fps:.1f} fps ({1000 / fps:.1f} ms) cpu {cpu:.1f}':>30}" for fps, cpu in cells),
+            file=out, flush=True)
     return rows
 
 
@@ -148,8 +152,8 @@ def bench_main(argv) -> int:
     if problem:
         return error(problem)
     threads = "" if args.threads else f" (the default for {os.cpu_count()} cores)"
-    print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) of the "
-          "pipeline without camera or pacing, one frame copy to the sink")
+    print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) and CPU use "
+          "of the pipeline without camera or pacing, one frame copy to the sink")
     try:
         bench(engine, sizes=args.sizes, tile=tile, seconds=args.seconds)
     except ModelError as exc:

@@ -20,7 +20,7 @@ def test_file_mode_keeps_every_frame_and_prints_summary(tmp_path, capsys, test_m
     out = tmp_path / "out.mp4"
     assert main(["--input", str(clip), "--output", str(out), "--model", str(test_model)]) == 0
     stdout = capsys.readouterr().out.strip().splitlines()
-    assert re.fullmatch(r"frames=12 fps=\d+\.\d model_ms=\d+\.\d", stdout[-1])
+    assert re.fullmatch(r"frames=12 fps=\d+\.\d model_ms=\d+\.\d cpu=\d+\.\d\d", stdout[-1])
     assert video_facts(out) == (12, (96, 160, 3))
     assert not list(tmp_path.glob(".*partial*"))
 
@@ -408,7 +408,8 @@ def test_ctrl_c_in_file_mode_keeps_the_file_and_prints_the_summary(tmp_path, mon
     out = tmp_path / "out.avi"
     assert main(["--input", str(clip), "--output", str(out), "--model", str(test_model)]) == 130
     captured = capsys.readouterr()
-    assert re.fullmatch(r"frames=3 fps=\d+\.\d model_ms=\d+\.\d", captured.out.strip().splitlines()[-1])
+    assert re.fullmatch(r"frames=3 fps=\d+\.\d model_ms=\d+\.\d cpu=\d+\.\d\d",
+                        captured.out.strip().splitlines()[-1])
     last = captured.err.strip().splitlines()[-1]
     assert "interrupted" in last and str(out) in last and "camera" not in last
     assert video_facts(out)[0] == 3 and not list(tmp_path.glob(".*partial*"))
@@ -427,3 +428,64 @@ def test_progress_never_shows_more_done_than_total():
     stream = io.StringIO()
     Progress(90, StatusLine(stream)).update(14805, 30.0, force=True)
     assert "14805/90" not in stream.getvalue() and "14805 frames" in stream.getvalue()
+
+
+class BusyEngine:
+    """An engine stand-in that keeps a core busy for 20 ms of CPU time per run."""
+    receptive_radius, size_multiple, last_ms = 0, 1, 20.0
+
+    def run(self, batch):
+        import time
+        end = time.thread_time() + 0.020
+        while time.thread_time() < end:
+            pass
+        return batch
+
+
+class SleepingEngine(BusyEngine):
+    """Takes as long, but waits instead of computing (as a GPU or another process would)."""
+
+    def run(self, batch):
+        import time
+        time.sleep(0.020)
+        return batch
+
+
+def test_bench_reports_cpu_use_next_to_frames_per_second():
+    from sharpcam.bench import bench
+    cpu = {}
+    for name, engine in (("busy", BusyEngine()), ("sleeping", SleepingEngine())):
+        stream = io.StringIO()
+        rows = bench(engine, sizes=((32, 24),), tile=32, seconds=0.3, out=stream)
+        assert "cpu" in stream.getvalue().splitlines()[0]
+        (_, cells), = rows
+        fps, cpu[name] = cells[-1]  # the whole-frame model column
+        assert fps > 0
+    # With a share s of a core, the busy engine reads s, the sleeping one c / (20 ms + c / s)
+    # for the pipeline's own c (~0.5 ms) CPU per frame: their ratio is 1 + s * 20 ms / c,
+    # above 1.5 for any share over 1.3% of a core. Timing never enters the assertion.
+    assert cpu["busy"] > 1.5 * cpu["sleeping"]
+
+
+def test_cpu_meter_is_cpu_seconds_per_second_over_its_window():
+    from sharpcam.pipeline import CpuMeter
+    wall, cpu = FakeClock(), FakeClock()
+    meter = CpuMeter(window=2.0, clock=wall, cpu_clock=cpu)
+    assert meter.cores == 0.0
+    for k in range(1, 11):  # 1.5 cores busy for 5 s
+        wall.t, cpu.t = k * 0.5, k * 0.75
+        meter.tick()
+    assert meter.cores == pytest.approx(1.5)
+    for k in range(11, 21):  # then idle: the window forgets the busy part
+        wall.t = k * 0.5
+        meter.tick()
+    assert meter.cores == pytest.approx(0.0)
+
+
+def test_live_status_line_and_summary_show_cpu_use():
+    stream = io.StringIO()
+    source = CountingSource()
+    summary = Pipeline(source, Bypass(), Controls(), [RecordingSink()], status=StatusLine(stream),
+                       max_frames=5).run_live()
+    assert re.search(r"\| cpu \d+\.\d \|", stream.getvalue().splitlines()[-1])
+    assert re.fullmatch(r"frames=5 fps=\d+\.\d model_ms=\d+\.\d cpu=\d+\.\d\d", summary.line())
