@@ -179,3 +179,46 @@ def test_keys_work_in_file_mode_and_are_not_echoed(tmp_path, test_model):
             proc.wait()
         os.close(master)
         os.close(slave)
+
+
+class CountingEngine(ConstantEngine):
+    def __init__(self):
+        self.runs = 0
+
+    def run(self, batch):
+        self.runs += 1
+        return np.clip(batch * 1.5, 0, 1)
+
+
+def test_identical_frames_cost_one_inference():
+    engine = CountingEngine()
+    sharpener = Sharpener(engine, tile=0)
+    still = np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    first = sharpener.process(still.copy(), ControlState())
+    for _ in range(9):  # a paused source: new arrays, same pixels
+        again = sharpener.process(still.copy(), ControlState())
+        assert np.array_equal(again, first)
+    assert engine.runs == 1 and sharpener.reused == 9
+    # Strength is applied to the kept model output: still no inference, but a new blend.
+    half = sharpener.process(still.copy(), ControlState(strength=0.5))
+    assert engine.runs == 1 and not np.array_equal(half, first)
+    moved = still.copy()
+    moved[0, 0, 0] ^= 1  # one level of one pixel is a new frame
+    sharpener.process(moved, ControlState())
+    assert engine.runs == 2
+    sharpener.process(moved.copy(), ControlState(mirror=True))  # the model sees the mirrored frame
+    assert engine.runs == 3
+
+
+def test_a_paused_live_source_runs_the_model_once():
+    from sharpcam.pipeline import Pipeline
+
+    class PausedCamera:
+        self_paced, finite, live, fps, height, width = True, False, True, 200.0, 8, 12
+
+        def read(self):
+            return np.full((8, 12, 3), 90, np.uint8)
+
+    engine = CountingEngine()
+    summary = Pipeline(PausedCamera(), Sharpener(engine, tile=0), Controls(), [], max_frames=6).run_live()
+    assert summary.frames == 6 and engine.runs == 1
