@@ -284,8 +284,17 @@ class Pipeline:
     def _capture(self) -> None:
         try:
             interval = 0.0 if self.source.self_paced else 1.0 / self.source.fps
-            due = time.perf_counter()
+            # A camera's read() blocks until its next frame, but a frozen driver or a virtual
+            # source with nothing new returns at once: self-paced sources are read at most
+            # twice per frame period, so such a source cannot make this loop spin a core.
+            min_gap = 0.5 / max(1.0, float(self.source.fps)) if self.source.self_paced else 0.0
+            due, last_read = time.perf_counter(), float("-inf")
             while not self._stop.is_set():
+                if min_gap:
+                    gap = last_read + min_gap - time.perf_counter()
+                    if gap > 0 and self._stop.wait(gap):
+                        break
+                    last_read = time.perf_counter()
                 try:
                     frame = self.source.read()
                 except Exception:

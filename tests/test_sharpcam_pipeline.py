@@ -489,3 +489,26 @@ def test_live_status_line_and_summary_show_cpu_use():
                        max_frames=5).run_live()
     assert re.search(r"\| cpu \d+\.\d \|", stream.getvalue().splitlines()[-1])
     assert re.fullmatch(r"frames=5 fps=\d+\.\d model_ms=\d+\.\d cpu=\d+\.\d\d", summary.line())
+
+
+def test_capture_does_not_spin_on_a_source_that_returns_at_once():
+    """A camera's read() blocks until its next frame; a frozen driver or a virtual source
+    returns the same frame at once. The capture loop must then wait, not spin a core.
+    The bound below is an upper bound: a slow machine only makes fewer reads."""
+    import time
+
+    class FrozenCamera:
+        self_paced, finite, live, fps, height, width = True, False, True, 50.0, 8, 12
+        reads = 0
+
+        def read(self):
+            FrozenCamera.reads += 1
+            return np.full((8, 12, 3), 90, np.uint8)
+
+    controls = Controls(ControlState(mode="off"))
+    stopper = threading.Timer(0.5, controls.quit.set)
+    start = time.perf_counter()
+    stopper.start()
+    Pipeline(FrozenCamera(), Bypass(), controls, [RecordingSink()]).run_live()
+    elapsed = time.perf_counter() - start
+    assert FrozenCamera.reads <= 2 * FrozenCamera.fps * elapsed + 2, (FrozenCamera.reads, elapsed)
