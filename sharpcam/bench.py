@@ -3,7 +3,8 @@
 Measures the per-frame work of the pipeline (no camera, no pacing): ``off``
 is the full pipeline path with the model bypassed, ``unsharp`` the classical
 baseline, and the model both tiled and whole-frame, at the thread count given;
-with ``--precision auto`` and an INT8 sibling, whole-frame at fp32 and at INT8.
+with ``--precision auto`` and an INT8 sibling, whole-frame at fp32 and at INT8; for each,
+frames per second and the process's CPU use (cores kept busy).
 """
 from __future__ import annotations
 
@@ -18,15 +19,18 @@ SIZES = ((640, 480), (1280, 720), (1920, 1080))
 
 
 class _RepeatSource:
-    """Hands out the same frame forever, so only the pipeline's own work is timed."""
+    """Hands out two frames in turn forever, so only the pipeline's own work is timed;
+    two, because the sharpener skips the model for a frame identical to the one before."""
     self_paced, finite, live, fps = False, False, False, 30.0
 
-    def __init__(self, frame):
-        self.frame = frame
-        self.height, self.width = frame.shape[:2]
+    def __init__(self, frames):
+        self.frames = frames
+        self.height, self.width = frames[0].shape[:2]
+        self.index = 0
 
     def read(self):
-        return self.frame
+        self.index += 1
+        return self.frames[self.index % len(self.frames)]
 
 
 class _CopySink:
@@ -49,20 +53,23 @@ class _UnsharpSharpener:
         return unsharp_mask(frame)
 
 
-def time_pipeline(frame, sharpener, seconds: float, min_frames: int = 3) -> float:
-    """Frames per second of the file-mode pipeline over repeated copies of ``frame``."""
+def time_pipeline(frames, sharpener, seconds: float, min_frames: int = 3) -> tuple:
+    """(frames per second, CPU use in cores) of the file-mode pipeline over ``frames``
+    (two different ones) in turn. CPU use is the process's CPU seconds (every thread) per second over the
+    timed loop: 2.0 means two cores kept busy."""
     from .controls import Controls
     from .pipeline import Pipeline
-    source = _RepeatSource(frame)
+    source = _RepeatSource(frames)
     controls = Controls()
     # One untimed frame first: allocation and first-run costs are not steady state.
     sink = _CopySink()
     Pipeline(source, sharpener, controls, [sink], max_frames=1).run_file()
-    frames, start = 0, time.perf_counter()
+    frames, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while frames < min_frames or time.perf_counter() - start < seconds:
         Pipeline(source, sharpener, controls, [sink], max_frames=1).run_file()
         frames += 1
-    return frames / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return frames / wall, cpu / wall
 
 
 def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=None) -> list:
@@ -88,47 +95,76 @@ def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=Non
     precisions = getattr(engine, "engines", None) or {"": engine}
     methods += [(f"model whole {name}".rstrip(), lambda e=e: Sharpener(e, tile=0))
                 for name, e in precisions.items()]
-    header = f"{'resolution':<11}" + "".join(f"{name:>22}" for name, _ in methods)
-    print(header, file=out)
+    header = f"{'resolution':<11}" + "".join(f"{name:>30}" for name, _ in methods)
+    print(header + "   (cpu: cores busy, CPU seconds per second)", file=out)
     for width, height in sizes:
         with DemoSource(width=width, height=height) as demo:
-            frame = demo.read()
+            frames = [demo.read(), demo.read()]
         cells = []
         for name, make in methods:
-            fps = time_pipeline(frame, make(), seconds)
-            cells.append(fps)
+            cells.append(time_pipeline(frames, make(), seconds))
         rows.append(((width, height), cells))
         print(f"{f'{width}x{height}':<11}" + "".join(
-            f"{f'{fps:.1f} fps ({1000 / fps:.1f} ms)':>22}" for fps in cells), file=out, flush=True)
+            f"{f'{fps:.1f} fps ({1000 / fps:.1f} ms) cpu {cpu:.1f}':>30}" for fps, cpu in cells),
+            file=out, flush=True)
     return rows
 
 
+def _sizes(value: str) -> tuple:
+    sizes = []
+    for item in value.split(","):
+        parts = item.strip().lower().split("x")
+        try:
+            width, height = (int(v) for v in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()!r} is not WIDTHxHEIGHT; expected e.g. 640x480,1280x720") from None
+        if width < 1 or height < 1:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r}: width and height must be positive")
+        sizes.append((width, height))
+    return tuple(sizes)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of seconds") from None
+    if not 0.0 <= seconds <= 3600.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 3600")
+    return seconds
+
+
 def bench_main(argv) -> int:
-    from .cli import add_model_options, error
+    from .cli import _positive_int, add_model_options, error
     from .engine import ModelError
     from .precision import open_engine
+    from .tiling import min_useful_tile, tile_problem
     p = argparse.ArgumentParser(prog="sharpcam bench",
                                 description="Frames/s at 640x480, 1280x720 and 1920x1080 for off, "
                                             "unsharp mask and the model (tiled and whole-frame).")
     add_model_options(p)
-    p.add_argument("--tile", type=int, default=256, help="tile size for the tiled column (default 256)")
-    p.add_argument("--seconds", type=float, default=2.0, help="time per cell (default 2)")
-    p.add_argument("--sizes", default=None, metavar="WxH,...", help="resolutions to measure")
+    p.add_argument("--tile", type=_positive_int, default=None,
+                   help="tile size for the tiled column (default 256, or the model's smallest useful tile)")
+    p.add_argument("--seconds", type=_seconds, default=2.0, help="time per cell (default 2)")
+    p.add_argument("--sizes", type=_sizes, default=SIZES, metavar="WxH,...",
+                   help="resolutions to measure (default 640x480,1280x720,1920x1080)")
     args = p.parse_args(argv)
-    sizes = SIZES
-    if args.sizes:
-        try:
-            sizes = tuple(tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(","))
-        except ValueError:
-            return error(f"--sizes {args.sizes!r}: expected e.g. 640x480,1280x720")
     try:
         engine = open_engine(args.model, args.precision, notify=print, device=args.device,
                              threads=args.threads, receptive_radius=args.receptive_radius,
                              size_multiple=args.size_multiple)
     except ModelError as exc:
         return error(str(exc))
-    threads = "" if args.threads else f", default threads ({os.cpu_count()} cores)"
-    print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) of the "
-          "pipeline without camera or pacing, one frame copy to the sink")
-    bench(engine, sizes=sizes, tile=args.tile, seconds=args.seconds)
+    tile = args.tile or max(256, min_useful_tile(engine.receptive_radius, engine.size_multiple))
+    problem = tile_problem(tile, engine.receptive_radius, engine.size_multiple)
+    if problem:
+        return error(problem)
+    threads = "" if args.threads else f" (the default for {os.cpu_count()} cores)"
+    print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) and CPU use "
+          "of the pipeline without camera or pacing, one frame copy to the sink")
+    try:
+        bench(engine, sizes=args.sizes, tile=tile, seconds=args.seconds)
+    except ModelError as exc:
+        return error(str(exc))
     return 0

@@ -69,7 +69,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="execution provider: auto picks CUDA, DirectML, CoreML or OpenVINO when installed")
     g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                   help="CPU threads for inference (default: onnxruntime's choice)")
+                   help="CPU threads for inference (default: the cores less one for the call "
+                        "app, at most 4; all of them below 4 cores)")
     g.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
                    help="fp32 model or its INT8 sibling (NAME.int8.onnx); auto (default) = "
                         "the faster, measured at start")
@@ -139,26 +140,77 @@ def list_cameras_command() -> int:
 
 DEMO_FILE_FRAMES = 300
 
+# Peak memory of a whole-frame run of the bundled student with the demo source measured
+# ~120 bytes per pixel (146 MB at 640x480, 354 MB at 1920x1080); with headroom:
+BYTES_PER_PIXEL = 160
 
-def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack) -> None:
-    """A service manager's stop (SIGTERM) ends the run as cleanly as `q` does."""
+
+def available_memory() -> Optional[int]:
+    """Bytes the system can still give this process, where it says (Linux, most Unixes)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def frame_memory_problem(what: str, width: int, height: int) -> Optional[str]:
+    """Why frames of this size would not fit in free memory, or None (also when unknown)."""
+    free = available_memory()
+    need = width * height * BYTES_PER_PIXEL
+    if free is None or need <= free:
+        return None
+    return (f"{what} {width}x{height} needs about {need / 2**30:.1f} GB of memory and "
+            f"{free / 2**30:.1f} GB is free; use a smaller --width/--height (1280x720 needs "
+            f"{1280 * 720 * BYTES_PER_PIXEL / 2**30:.2f} GB)")
+
+
+def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack):
+    """A service manager's stop or `kill` (SIGTERM) ends the run as cleanly as `q` does:
+    sinks are closed, so a recording keeps its frames. Returns an Event set by the signal."""
     import signal
     import threading
+    terminated = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: controls.quit.set())
+        return terminated
+
+    def stop(signum, frame):
+        terminated.set()
+        controls.quit.set()
+
+    previous = signal.signal(signal.SIGTERM, stop)
     stack.callback(signal.signal, signal.SIGTERM, previous)
+    return terminated
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file, however spelled (relative, via links, hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
 
 
 def run(args) -> int:
     from .engine import ModelError
     from .pipeline import Pipeline, Progress, StatusLine
     from .precision import open_engine
+    from .quiet import quiet_native_logs
     from .sharpen import Sharpener
     from .sinks import (PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
                         VirtualCameraUnavailable, check_output_path, display_problem)
     from .sources import CameraSource, DemoSource, SourceError, VideoFileSource
+    from .tiling import tile_problem
 
+    quiet_native_logs()  # before OpenCV first uses FFmpeg: it reads the log level only then
     if args.input and args.demo:
         raise UsageError("use either --input or --demo, not both")
     if args.loop and not args.input:
@@ -171,6 +223,9 @@ def run(args) -> int:
         problem = check_output_path(args.output)
         if problem:
             raise UsageError(problem)
+        if args.input and _same_file(args.input, args.output):
+            raise UsageError(f"--output {args.output} is the --input file; sharpcam would overwrite "
+                             "the video it reads: choose another output name")
     if args.preview:
         problem = display_problem()
         if problem:
@@ -186,8 +241,16 @@ def run(args) -> int:
     except ModelError as exc:
         raise UsageError(str(exc)) from None
     note("model " + engine.describe())
+    if args.tile is not None:
+        problem = tile_problem(args.tile, engine.receptive_radius, engine.size_multiple)
+        if problem:
+            raise UsageError(problem)
 
     if args.demo:
+        # The demo renders at the size asked for: check it before its buffers are allocated.
+        problem = frame_memory_problem("--demo", args.width, args.height)
+        if problem:
+            raise UsageError(problem)
         source = DemoSource(width=args.width, height=args.height, fps=args.fps, seed=args.seed)
     elif args.input:
         source = VideoFileSource(args.input, loop=args.loop)
@@ -201,13 +264,21 @@ def run(args) -> int:
         note(f"demo to file: {DEMO_FILE_FRAMES} frames (use --max-frames to change)")
 
     with contextlib.ExitStack() as stack:
+        # Before anything is opened: a SIGTERM from here on closes what is open, in order.
+        terminated = _quit_on_sigterm(controls, stack)
         try:
             stack.enter_context(source)
         except SourceError as exc:
             raise UsageError(str(exc)) from None
         note(source.describe())
+        # A camera or a file decides its own size (a camera answers a request it cannot meet
+        # with the nearest size it has): check what it delivers before the model allocates.
+        what = f"--input {args.input}" if args.input else "--demo" if args.demo else f"camera {args.camera}"
+        problem = frame_memory_problem(what, source.width, source.height)
+        if problem:
+            raise UsageError(problem)
 
-        sinks = []
+        sinks, vcam = [], None
         if want_vcam:
             try:
                 vcam = stack.enter_context(VirtualCameraSink(
@@ -220,7 +291,8 @@ def run(args) -> int:
                 note(f"{exc}\nsharpcam: continuing with "
                      + " and ".join(n for n, on in (("the preview", args.preview), ("--output", args.output)) if on))
         if args.preview:
-            sinks.append(stack.enter_context(PreviewSink(controls.press, on_close=controls.quit.set)))
+            sinks.append(stack.enter_context(PreviewSink(controls.press, on_close=controls.quit.set,
+                                                         state=lambda: controls.state)))
         if args.output:
             try:
                 sinks.append(stack.enter_context(
@@ -232,30 +304,57 @@ def run(args) -> int:
             raise UsageError("nothing to send frames to: drop --no-vcam, or add --preview or --output FILE")
 
         # Warm-up (and the tiled/whole-frame measurement) after the sinks: setup errors first.
-        sharpener = Sharpener(engine, tile=args.tile)
-        warm_ms = sharpener.warm_up(source.height, source.width)
+        status = StatusLine()
+        sharpener = Sharpener(engine, tile=args.tile,
+                              warn=lambda message: status.note(f"sharpcam: warning: {message}"))
+        try:
+            # The first run is part of checking the model: a wrong output shape shows only here.
+            warm_ms = sharpener.warm_up(source.height, source.width)
+        except ModelError as exc:
+            raise UsageError(str(exc)) from None
         for choice in (sharpener.choice_note, getattr(engine, "choice_note", "")):
             if choice:
                 note(choice)
         tiler = sharpener.tiler(source.height, source.width)
         note(f"tiling: {tiler.describe()}; warm-up {warm_ms:.0f} ms")
 
-        status = StatusLine()
         pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames)
+        interrupted = False
+        # Keys work wherever sharpcam runs in a terminal (and the terminal stops echoing them).
+        keys = stack.enter_context(TerminalKeys(controls))
+        if keys.active or args.preview:
+            note(HOTKEY_HELP)
         if file_mode:
-            total = getattr(source, "frame_count", 0) or 0
+            # A looping file has no end of its own: only --max-frames makes a total.
+            total = 0 if args.loop else (getattr(source, "frame_count", 0) or 0)
             if max_frames:
                 total = min(total, max_frames) if total else max_frames
-            summary = pipeline.run_file(Progress(total, status))
+            try:
+                summary = pipeline.run_file(Progress(total, status))
+            except KeyboardInterrupt:
+                summary, interrupted = pipeline.summary, True
             print(summary.line(), flush=True)
+            if terminated.is_set():
+                # A batch job stopped early: the file is complete but shorter, and scripts can tell.
+                note(f"stopped by SIGTERM; {args.output} holds the {summary.frames} frames written"
+                     if summary.frames else "stopped by SIGTERM before any frame; no file written")
+                return 128 + 15
         else:
-            _quit_on_sigterm(controls, stack)
-            keys = stack.enter_context(TerminalKeys(controls))
-            if keys.active or args.preview:
-                note(HOTKEY_HELP)
-            summary = pipeline.run_live()
+            try:
+                summary = pipeline.run_live()
+            except KeyboardInterrupt:
+                summary, interrupted = pipeline.summary, True
             note(f"stopped: {summary.line()} dropped={summary.dropped} "
                  f"latency_ms={summary.latency_ms:.1f}")
+    # The with-block has closed every sink: a recording now has its final name.
+    if interrupted:
+        done = [f"{name} released" for name, used in
+                (("camera", isinstance(source, CameraSource)), ("virtual camera", vcam is not None)) if used]
+        if args.output:
+            done.append(f"{args.output} kept with {summary.frames} frames" if summary.frames
+                        else "no frame written, no file made")
+        note("interrupted" + (": " + ", ".join(done) if done else ""))
+        return 130
     return 0
 
 
@@ -272,9 +371,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         return error(str(exc))
     except KeyboardInterrupt:
-        # The with-blocks above have already released the camera and virtual camera.
+        # Only during start-up (a run catches its own); the with-blocks closed what was open.
         print("", file=sys.stderr)
-        note("interrupted, camera and virtual camera released")
+        note("interrupted during start-up")
         return 130
 
 

@@ -28,6 +28,13 @@ CPU_PROVIDER = "CPUExecutionProvider"
 MAX_SIZE_MULTIPLE = 32
 
 
+def default_threads() -> int:
+    """Inference threads when --threads is not given: with 4 or more cores one is left to
+    the call app, which encodes our video (at most 4: a small UNet gains little beyond)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(4, cores - 1)) if cores >= 4 else cores
+
+
 class ModelError(Exception):
     """The model file is missing, unreadable or breaks the SharpCam contract."""
 
@@ -96,10 +103,10 @@ class Engine:
         if not os.path.isfile(model_path):
             raise ModelError(f"model file not found: {model_path} (pass --model PATH to a student .onnx)")
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            # Inter-op parallelism only helps branchy graphs; a UNet is a chain.
-            options.inter_op_num_threads = 1
+        threads = threads or default_threads()
+        options.intra_op_num_threads = int(threads)
+        # Inter-op parallelism only helps branchy graphs; a UNet is a chain.
+        options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning worker threads burn the cores the capture thread and the call app (which
         # encodes our video) need; measured on 2 cores with other load, 2 threads went from
@@ -151,12 +158,16 @@ class Engine:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        (out,) = self._session.run(None, {"image": batch})
+        try:
+            (out,) = self._session.run(None, {"image": batch})
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"model {self.info.path} fails on input {batch.shape}: {first[:300]}") from None
         self.last_ms = (time.perf_counter() - start) * 1000.0
         if out.shape != batch.shape:
             raise ModelError(
                 f"model {self.info.path} returned shape {out.shape} for input {batch.shape}; "
-                "the contract wants the same shape")
+                "the contract wants the same shape (re-export it with `python -m training.export`)")
         return out
 
     def warm_up(self, batch_shape: tuple) -> float:

@@ -10,6 +10,7 @@ back-off.  File mode: every frame, as fast as possible, in one thread.
 """
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 import time
@@ -34,13 +35,20 @@ class Summary:
     dropped: int = 0
     reconnects: int = 0
     latency_ms: float = 0.0  # live mode: capture to sinks, what sharpcam adds to the camera's own
+    cpu_seconds: float = 0.0  # the whole process, every thread
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def cpu(self) -> float:
+        """Cores kept busy on average: CPU seconds per second."""
+        return self.cpu_seconds / self.seconds if self.seconds > 0 else 0.0
+
     def line(self) -> str:
-        return f"frames={self.frames} fps={self.fps:.1f} model_ms={self.model_ms:.1f}"
+        return (f"frames={self.frames} fps={self.fps:.1f} model_ms={self.model_ms:.1f} "
+                f"cpu={self.cpu:.2f}")
 
 
 class FrameSlot:
@@ -93,6 +101,32 @@ class RateMeter:
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
+class CpuMeter:
+    """The process's CPU use in cores (CPU seconds per wall second) over a sliding window.
+
+    ``time.process_time`` counts every thread of the process, at nanosecond resolution
+    where ``os.times`` ticks in 10 ms steps on Linux.
+    """
+
+    def __init__(self, window: float = 2.0, clock: Callable[[], float] = time.perf_counter,
+                 cpu_clock: Callable[[], float] = time.process_time):
+        self._window, self._clock, self._cpu_clock = window, clock, cpu_clock
+        self._samples = collections.deque()
+
+    def tick(self) -> None:
+        now = self._clock()
+        self._samples.append((now, self._cpu_clock()))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self._window:
+            self._samples.popleft()
+
+    @property
+    def cores(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (wall0, cpu0), (wall1, cpu1) = self._samples[0], self._samples[-1]
+        return (cpu1 - cpu0) / (wall1 - wall0) if wall1 > wall0 else 0.0
+
+
 class StatusLine:
     """One status line: rewritten in place on a terminal, at most one line a second otherwise."""
 
@@ -119,6 +153,15 @@ class StatusLine:
             self.stream.write(text + "\n")
         self.stream.flush()
 
+    def note(self, text: str) -> None:
+        """A line that stays (a warning), printed above the status line on a terminal."""
+        if self.tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self._width = 0
+            self._last = -1e9  # redraw the status line at the next update
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
     def finish(self) -> None:
         if self.tty and self._width:
             self.stream.write("\n")
@@ -133,7 +176,7 @@ class Progress:
         self.total, self.status = total, status
 
     def update(self, done: int, fps: float, force: bool = False) -> None:
-        if self.total:
+        if self.total and done <= self.total:
             frac = min(1.0, done / self.total)
             bar = "#" * int(frac * 30)
             text = f"[{bar:<30}] {done}/{self.total} frames {fps:.1f} fps"
@@ -182,6 +225,8 @@ class Pipeline:
         self._slot = FrameSlot()
         self._input_rate = RateMeter()
         self._output_rate = RateMeter()
+        self._cpu = CpuMeter()
+        self._cpu_start = 0.0
         self._model_ms_total = 0.0
         self._model_runs = 0
         self.capture_error: Optional[BaseException] = None
@@ -203,8 +248,13 @@ class Pipeline:
         self._output_rate.tick()
         return out
 
+    def _start(self) -> float:
+        self._cpu_start = time.process_time()
+        return time.perf_counter()
+
     def _finish(self, start: float) -> Summary:
         self.summary.seconds = time.perf_counter() - start
+        self.summary.cpu_seconds = time.process_time() - self._cpu_start
         self.summary.model_ms = self._model_ms_total / self._model_runs if self._model_runs else 0.0
         return self.summary
 
@@ -214,7 +264,7 @@ class Pipeline:
 
     # -- file mode ---------------------------------------------------------------
     def run_file(self, progress: Optional[Progress] = None) -> Summary:
-        start = time.perf_counter()
+        start = self._start()
         try:
             while not self._done():
                 frame = self.source.read()
@@ -234,8 +284,17 @@ class Pipeline:
     def _capture(self) -> None:
         try:
             interval = 0.0 if self.source.self_paced else 1.0 / self.source.fps
-            due = time.perf_counter()
+            # A camera's read() blocks until its next frame, but a frozen driver or a virtual
+            # source with nothing new returns at once: self-paced sources are read at most
+            # twice per frame period, so such a source cannot make this loop spin a core.
+            min_gap = 0.5 / max(1.0, float(self.source.fps)) if self.source.self_paced else 0.0
+            due, last_read = time.perf_counter(), float("-inf")
             while not self._stop.is_set():
+                if min_gap:
+                    gap = last_read + min_gap - time.perf_counter()
+                    if gap > 0 and self._stop.wait(gap):
+                        break
+                    last_read = time.perf_counter()
                 try:
                     frame = self.source.read()
                 except Exception:
@@ -281,15 +340,17 @@ class Pipeline:
 
     def _status_text(self, state) -> str:
         src = self.source
+        self._cpu.tick()
         text = (f"in {src.width}x{src.height} {self._input_rate.rate:4.1f} fps | "
-                f"out {self._output_rate.rate:4.1f} fps | model {self.sharpener.model_ms:5.1f} ms | "
-                f"dropped {self.summary.dropped} | {state.describe()}")
+                f"out {self._output_rate.rate:4.1f} fps | cpu {self._cpu.cores:.1f} | "
+                f"model {self.sharpener.model_ms:5.1f} ms | dropped {self.summary.dropped} | "
+                f"{state.describe()}")
         if self.lost.is_set():
             text += " | camera lost, reconnecting"
         return text
 
     def run_live(self) -> Summary:
-        start = time.perf_counter()
+        start = self._start()
         capture = threading.Thread(target=self._capture, name="sharpcam-capture", daemon=True)
         capture.start()
         seen = 0

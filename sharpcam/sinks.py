@@ -7,15 +7,20 @@ aborts the whole process otherwise) and whether the output path is writable.
 """
 from __future__ import annotations
 
+import collections
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Optional
 
 import cv2
 import numpy as np
+
+from .controls import ControlState
+from .quiet import quiet_native_logs
 
 
 class SinkError(Exception):
@@ -112,14 +117,52 @@ def display_problem(timeout: float = 15.0) -> Optional[str]:
     return None
 
 
+LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _draw_label(frame: np.ndarray, text: str, x: int, scale: float) -> None:
+    (tw, th), base = cv2.getTextSize(text, LABEL_FONT, scale, 1)
+    pad, top = 3, 4
+    x0, y0, x1, y1 = x, top, min(frame.shape[1], x + tw + 2 * pad), top + th + base + 2 * pad
+    # Darkened, not blacked out: the label stays readable without hiding the picture.
+    frame[y0:y1, x0:x1] //= 2
+    cv2.putText(frame, text, (x0 + pad, y0 + pad + th), LABEL_FONT, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+
+
+def draw_preview_labels(frame: np.ndarray, state: ControlState, fps: float) -> np.ndarray:
+    """A copy of ``frame`` with small labels in its top rows: what the picture (or each half of
+    the split view) shows, the strength and the frames per second. Preview only: the copy
+    keeps the labels out of the frame the virtual camera and the file receive."""
+    out = frame.copy()
+    scale = max(0.35, min(0.7, out.shape[0] / 1800))
+    rate = f"{fps:.0f} fps" if fps else ""
+    sharpened = " | ".join(t for t in ("SharpCam", f"strength {state.strength:.1f}", rate) if t)
+    if state.mode == "split":
+        _draw_label(out, "original", 4, scale)
+        _draw_label(out, sharpened, out.shape[1] // 2 + 4, scale)
+    elif state.mode == "off":
+        _draw_label(out, " | ".join(t for t in ("original", rate) if t), 4, scale)
+    else:
+        _draw_label(out, sharpened, 4, scale)
+    return out
+
+
 class PreviewSink:
-    """An OpenCV window; keys pressed in it go to the controls like terminal keys."""
+    """An OpenCV window; keys pressed in it go to the controls like terminal keys.
+
+    With ``state`` (returns the current ControlState) the window labels what it shows."""
 
     def __init__(self, on_key: Callable[[str], None], *, title: str = "SharpCam preview",
-                 on_close: Optional[Callable[[], None]] = None):
+                 on_close: Optional[Callable[[], None]] = None,
+                 state: Optional[Callable[[], ControlState]] = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.title = title
         self._on_key = on_key
         self._on_close = on_close
+        self._state = state
+        self._clock = clock
+        self._sent_at = collections.deque(maxlen=30)  # recent send times, for the frame rate
         self._open = False
         self._shown = 0
 
@@ -134,7 +177,15 @@ class PreviewSink:
         self._open = True
         return self
 
+    @property
+    def fps(self) -> float:
+        times = self._sent_at
+        return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+
     def send(self, frame: np.ndarray) -> None:
+        self._sent_at.append(self._clock())
+        if self._state is not None:
+            frame = draw_preview_labels(frame, self._state(), self.fps)
         cv2.imshow(self.title, frame)
         self._shown += 1
         self.poll_keys()
@@ -167,21 +218,33 @@ class PreviewSink:
 
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+# OpenCV's own MJPEG writer keeps any frame size; through FFmpeg, OpenCV rounds odd widths
+# and heights down to even (33x17 became 32x16, silently), so only .avi keeps odd sizes.
+ANY_SIZE_EXTENSIONS = (".avi",)
 
 
 def check_output_path(path: str) -> Optional[str]:
     """Why ``path`` cannot be written as a video, or None if it can."""
+    if os.path.isdir(path):
+        return f"--output {path} is a directory; give a file name such as {os.path.join(path, 'out.mp4')}"
     ext = os.path.splitext(path)[1].lower()
     if ext not in VIDEO_CODECS:
         return (f"--output {path}: unknown video type {ext or '(none)'!r}; "
                 f"use one of {', '.join(sorted(VIDEO_CODECS))}")
-    if os.path.isdir(path):
-        return f"--output {path} is a directory; give a file name such as {os.path.join(path, 'out.mp4')}"
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         return f"--output {path}: folder {folder} does not exist; create it first"
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return f"--output {path}: no permission to write there; choose another path"
+    # os.access says yes to root everywhere, /proc and /sys included: only creating a file
+    # (the temporary name is created the same way) tells whether the folder takes one.
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sharpcam-probe-")
+    except OSError as exc:
+        return (f"--output {path}: cannot create a file in {folder} ({exc.strerror or exc}); "
+                "choose a folder you can write to")
+    os.close(fd)
+    os.remove(probe)
     return None
 
 
@@ -206,8 +269,15 @@ class VideoFileSink:
         problem = check_output_path(self.path)
         if problem:
             raise SinkError(problem)
-        codec = VIDEO_CODECS[os.path.splitext(self.path)[1].lower()]
-        writer = cv2.VideoWriter(self.partial_path, cv2.VideoWriter_fourcc(*codec), self.fps,
+        ext = os.path.splitext(self.path)[1].lower()
+        codec = VIDEO_CODECS[ext]
+        if ext not in ANY_SIZE_EXTENSIONS and (self.width % 2 or self.height % 2):
+            raise SinkError(f"--output {self.path}: {ext} video needs an even width and height and "
+                            f"the frames are {self.width}x{self.height}; use a .avi name, which "
+                            "keeps any size")
+        quiet_native_logs()
+        api = cv2.CAP_OPENCV_MJPEG if ext in ANY_SIZE_EXTENSIONS else cv2.CAP_ANY
+        writer = cv2.VideoWriter(self.partial_path, api, cv2.VideoWriter_fourcc(*codec), self.fps,
                                  (self.width, self.height))
         if not writer.isOpened():
             writer.release()

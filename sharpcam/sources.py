@@ -18,18 +18,11 @@ import cv2
 import numpy as np
 
 from . import DEMO_IMAGE
+from .quiet import quiet_native_logs
 
 
 class SourceError(Exception):
     """A source cannot be opened; the message says what to do."""
-
-
-def _quiet_opencv() -> None:
-    # Probing absent camera indices makes OpenCV print warnings nobody asked for.
-    try:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    except AttributeError:
-        pass
 
 
 def _fourcc_text(value: float) -> str:
@@ -66,7 +59,7 @@ class CameraSource:
         self.fourcc = "?"
 
     def _open_capture(self):
-        _quiet_opencv()
+        quiet_native_logs()
         cap = cv2.VideoCapture(self.device, _camera_api())
         if not cap.isOpened():
             cap.release()
@@ -158,9 +151,11 @@ class VideoFileSource:
         self.frame_count = 0
 
     def open(self) -> "VideoFileSource":
+        if os.path.isdir(self.path):
+            raise SourceError(f"--input {self.path} is a directory; give a video file in it")
         if not os.path.isfile(self.path):
             raise SourceError(f"input file not found: {self.path}")
-        _quiet_opencv()
+        quiet_native_logs()
         cap = cv2.VideoCapture(self.path)
         if not cap.isOpened():
             cap.release()
@@ -305,7 +300,7 @@ class DemoSource:
 
 def list_cameras(max_index: int = 10) -> list:
     """(device, description) for every camera OpenCV can open and read."""
-    _quiet_opencv()
+    quiet_native_logs()
     found = []
     candidates = list(range(max_index))
     if platform.system() == "Linux":

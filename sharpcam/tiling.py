@@ -14,6 +14,7 @@ run as one batch.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -23,6 +24,27 @@ _INV_255 = np.float32(1.0 / 255.0)
 
 def round_up(value: int, multiple: int) -> int:
     return -(-int(value) // multiple) * multiple
+
+
+def min_useful_tile(receptive_radius: int, size_multiple: int) -> int:
+    """The smallest tile worth running: twice the margin, where a tile computes at most
+    4x the pixels it keeps (a smaller one pays more for its context than for its output)."""
+    return max(size_multiple, round_up(2 * round_up(receptive_radius, size_multiple), size_multiple))
+
+
+def tile_problem(tile: int, receptive_radius: int, size_multiple: int) -> Optional[str]:
+    """Why ``--tile tile`` is not worth running with this model, or None (0 = whole frame)."""
+    if tile == 0:
+        return None
+    core = round_up(tile, size_multiple)
+    smallest = min_useful_tile(receptive_radius, size_multiple)
+    if core >= smallest:
+        return None
+    margin = round_up(receptive_radius, size_multiple)
+    work = ((core + 2 * margin) / core) ** 2
+    return (f"--tile {tile}: this model needs {margin} px of context on each side of a tile, so a "
+            f"{core} px tile computes {work:.0f}x the pixels it outputs; use --tile {smallest} or "
+            "more, or --tile 0 (whole frame, no extra work)")
 
 
 def _window_start(core_start: int, margin: int, window: int, canvas: int) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -78,6 +79,79 @@ def build_test_model(path, *, receptive_radius=12, size_multiple=4, metadata=Tru
     return path
 
 
+def build_mapping_model(path, make_nodes, *, out_dims=("N", 3, "H", "W"), receptive_radius=0,
+                        size_multiple=2):
+    """Write a model whose graph ``make_nodes(helper, numpy_helper)`` builds from 'image' to
+    'sharpened' (returning (nodes, initializers)), with SharpCam metadata, so it passes the
+    start-up checks whatever it computes: how tests make models that break the contract at run time."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = make_nodes(helper, numpy_helper)
+    graph = helper.make_graph(
+        nodes, "sharpcam_mapping_model",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("sharpened", TensorProto.FLOAT, list(out_dims))],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"sharpcam.receptive_radius": str(receptive_radius),
+                                   "sharpcam.size_multiple": str(size_multiple)})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def half_size_model(path):
+    """Output at half the input's height and width."""
+    return build_mapping_model(path, lambda helper, nh: ([helper.make_node(
+        "AveragePool", ["image"], ["sharpened"], kernel_shape=[2, 2], strides=[2, 2])], []),
+        out_dims=("N", 3, "h", "w"))
+
+
+def one_channel_model(path):
+    """Output with one channel instead of three."""
+    return build_mapping_model(path, lambda helper, nh: ([helper.make_node(
+        "ReduceMean", ["image"], ["sharpened"], axes=[1], keepdims=1)], []),
+        out_dims=("N", 1, "H", "W"))
+
+
+def nan_model(path):
+    """Output NaN everywhere (as a model with broken weights does)."""
+    return build_mapping_model(path, lambda helper, nh: (
+        [helper.make_node("Mul", ["image", "nan"], ["sharpened"])],
+        [nh.from_array(np.array(np.nan, np.float32), "nan")]))
+
+
+def write_clip(path, frames=12, size=(160, 96), fps=15):
+    """A clip of random frames; .avi files are written by OpenCV's own MJPEG encoder, which
+    keeps any frame size (FFmpeg's rounds odd sizes down to even), others as mp4v."""
+    import cv2
+    avi = str(path).lower().endswith(".avi")
+    writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG if avi else cv2.CAP_ANY,
+                             cv2.VideoWriter_fourcc(*("MJPG" if avi else "mp4v")), fps, size)
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def video_facts(path):
+    """(frame count, shape of the last frame) as a player decodes them."""
+    import cv2
+    cap = cv2.VideoCapture(str(path))
+    count, shape = 0, None
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        count, shape = count + 1, frame.shape
+    cap.release()
+    return count, shape
+
+
 @pytest.fixture(scope="session")
 def test_model(tmp_path_factory):
     return build_test_model(tmp_path_factory.mktemp("models") / "student_test.onnx")
@@ -98,6 +172,20 @@ def _free_display_number():
     raise RuntimeError("no free X display number between :90 and :199")
 
 
+REQUIRE_X = "SHARPCAM_REQUIRE_XVFB"
+
+
+def missing_x_part(what: str):
+    """Skip an X test on a machine without the X parts, saying how to run it; where CI
+    sets SHARPCAM_REQUIRE_XVFB=1 (it installs them), fail instead, so the tests cannot
+    silently stop running there."""
+    reason = (f"{what}: the preview tests need a virtual X display; install it "
+              "(apt-get install xvfb libxtst6 libx11-6 fonts-dejavu-core) and run them again")
+    if os.environ.get(REQUIRE_X) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_X}=1: these tests must run here)", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def xvfb_server():
     """A private Xvfb server for the session, torn down after; yields its display name."""
@@ -107,7 +195,8 @@ def xvfb_server():
     import time
 
     binary = shutil.which("Xvfb")
-    assert binary, "Xvfb is not installed (apt-get install xvfb); the preview tests need it"
+    if not binary:
+        missing_x_part("Xvfb is not installed")
     number = _free_display_number()
     display = f":{number}"
     proc = subprocess.Popen([binary, display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
@@ -138,8 +227,11 @@ class XKeyboard:
 
     def __init__(self, display):
         import ctypes
-        self._x = ctypes.cdll.LoadLibrary("libX11.so.6")
-        self._xt = ctypes.cdll.LoadLibrary("libXtst.so.6")
+        try:
+            self._x = ctypes.cdll.LoadLibrary("libX11.so.6")
+            self._xt = ctypes.cdll.LoadLibrary("libXtst.so.6")
+        except OSError as exc:
+            missing_x_part(f"libX11/libXtst cannot be loaded ({exc})")
         self._x.XOpenDisplay.restype = ctypes.c_void_p
         self._x.XOpenDisplay.argtypes = [ctypes.c_char_p]
         self._x.XStringToKeysym.restype = ctypes.c_ulong
@@ -174,3 +266,38 @@ def x_keyboard(xvfb_display):
     kb = XKeyboard(xvfb_display)
     yield kb
     kb.close()
+
+
+class RecordingBackend:
+    """A pyvirtualcam backend (its documented duck type) that keeps what it is sent."""
+    instances = []
+
+    def __init__(self, *, width, height, fps, fourcc, device, **kw):
+        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+        self._device = device or "recorder0"
+        self.frames = []
+        self.closed = False
+        RecordingBackend.instances.append(self)
+
+    def send(self, frame):
+        self.frames.append(frame.copy())
+
+    def device(self):
+        return self._device
+
+    def native_fourcc(self):
+        return self.fourcc
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def only_recorder(monkeypatch):
+    """Replace every installed backend with the recorder (so no real device is touched)."""
+    import pyvirtualcam
+    from pyvirtualcam import camera as pvc_camera
+    monkeypatch.setattr(pvc_camera, "BACKENDS", {})
+    pyvirtualcam.register_backend("recorder", RecordingBackend)
+    RecordingBackend.instances = []
+    return RecordingBackend

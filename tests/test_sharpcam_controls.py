@@ -112,3 +112,113 @@ def test_terminal_keys_leave_non_tty_alone(tmp_path):
     with open(tmp_path / "stdin.txt", "w+") as f:
         with TerminalKeys(Controls(), stream=f) as keys:
             assert not keys.active
+
+
+class NanEngine(ConstantEngine):
+    def run(self, batch):
+        out = np.full_like(batch, 0.5)
+        out[0, 1, 0, 0] = np.nan  # one bad value is enough to distrust the whole output
+        return out
+
+
+def test_non_finite_output_passes_the_frame_through_and_warns_once():
+    warnings = []
+    sharpener = Sharpener(NanEngine(), tile=0, warn=warnings.append)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        frame = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+        assert np.array_equal(sharpener.process(frame, ControlState()), frame)
+    assert len(warnings) == 1 and "not finite" in warnings[0]
+    assert sharpener.passed_through == 3
+
+
+def test_keys_work_in_file_mode_and_are_not_echoed(tmp_path, test_model):
+    """`sharpcam --input clip --output out` in a terminal: q ends the file cleanly."""
+    import select
+    import subprocess
+    import sys
+    import time
+
+    from conftest import video_facts, write_clip
+    clip = write_clip(tmp_path / "clip.avi", frames=6)
+    out = tmp_path / "out.avi"
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen([sys.executable, "-m", "sharpcam", "--input", str(clip), "--loop",
+                             "--output", str(out), "--model", str(test_model)],
+                            stdin=slave, stdout=slave, stderr=slave)
+    seen = b""
+
+    def read_until(needle, limit=120.0):
+        nonlocal seen
+        end = time.monotonic() + limit
+        while needle not in seen:
+            assert time.monotonic() < end and proc.poll() is None, seen.decode(errors="replace")
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 4096)
+
+    try:
+        read_until(b" frames ")
+        mark = len(seen)
+        os.write(master, b"z")  # no such key: ignored, and not echoed onto the progress bar
+        read_until(b" fps", limit=30)
+        os.write(master, b"q")
+        assert proc.wait(timeout=60) == 0, seen.decode(errors="replace")
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                seen += os.read(master, 4096)
+            except OSError:
+                break
+        assert b"z" not in seen[mark:], seen[mark:]
+        assert b"keys: space on/off" in seen
+        assert termios.tcgetattr(slave) == before
+        assert video_facts(out)[0] >= 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+
+
+class CountingEngine(ConstantEngine):
+    def __init__(self):
+        self.runs = 0
+
+    def run(self, batch):
+        self.runs += 1
+        return np.clip(batch * 1.5, 0, 1)
+
+
+def test_identical_frames_cost_one_inference():
+    engine = CountingEngine()
+    sharpener = Sharpener(engine, tile=0)
+    still = np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    first = sharpener.process(still.copy(), ControlState())
+    for _ in range(9):  # a paused source: new arrays, same pixels
+        again = sharpener.process(still.copy(), ControlState())
+        assert np.array_equal(again, first)
+    assert engine.runs == 1 and sharpener.reused == 9
+    # Strength is applied to the kept model output: still no inference, but a new blend.
+    half = sharpener.process(still.copy(), ControlState(strength=0.5))
+    assert engine.runs == 1 and not np.array_equal(half, first)
+    moved = still.copy()
+    moved[0, 0, 0] ^= 1  # one level of one pixel is a new frame
+    sharpener.process(moved, ControlState())
+    assert engine.runs == 2
+    sharpener.process(moved.copy(), ControlState(mirror=True))  # the model sees the mirrored frame
+    assert engine.runs == 3
+
+
+def test_a_paused_live_source_runs_the_model_once():
+    from sharpcam.pipeline import Pipeline
+
+    class PausedCamera:
+        self_paced, finite, live, fps, height, width = True, False, True, 200.0, 8, 12
+
+        def read(self):
+            return np.full((8, 12, 3), 90, np.uint8)
+
+    engine = CountingEngine()
+    summary = Pipeline(PausedCamera(), Sharpener(engine, tile=0), Controls(), [], max_frames=6).run_live()
+    assert summary.frames == 6 and engine.runs == 1

@@ -48,3 +48,18 @@ def test_provider_choice():
         "DmlExecutionProvider", "CPUExecutionProvider"]
     with pytest.raises(ModelError, match="--device cpu"):
         choose_providers("gpu", ["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("cores,expected", [(1, 1), (2, 2), (3, 3), (4, 3), (6, 4), (16, 4), (None, 1)])
+def test_default_threads_leave_a_core_to_the_call_app(cores, expected, monkeypatch):
+    import os
+    from sharpcam.engine import default_threads
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_threads() == expected
+
+
+def test_engine_without_threads_uses_the_default(test_model, monkeypatch):
+    import os
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    eng = Engine(test_model, device="cpu")
+    assert eng.threads == 4 and "4 threads" in eng.describe()

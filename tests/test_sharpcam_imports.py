@@ -8,6 +8,7 @@ def test_nothing_in_sharpcam_imports_torch():
         "import sys, sharpcam, sharpcam.cli, sharpcam.engine, sharpcam.tiling, sharpcam.controls, "
         "sharpcam.sharpen, sharpcam.sources, sharpcam.sinks, sharpcam.pipeline, sharpcam.bench, "
         "sharpcam.precision; "
+        "sharpcam.quiet; "
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

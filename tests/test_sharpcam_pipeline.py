@@ -7,33 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import video_facts, write_clip
 from sharpcam.cli import main
 from sharpcam.controls import ControlState, Controls
-from sharpcam.pipeline import FrameSlot, Pipeline, StatusLine
+from sharpcam.pipeline import FrameSlot, Pipeline, Progress, StatusLine
 from sharpcam.sharpen import Sharpener
 from sharpcam.sinks import VideoFileSink
-
-
-def write_clip(path, frames=12, size=(160, 96), fps=15):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
-    assert writer.isOpened()
-    rng = np.random.default_rng(0)
-    for _ in range(frames):
-        writer.write(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    writer.release()
-    return path
-
-
-def video_facts(path):
-    cap = cv2.VideoCapture(str(path))
-    count, shape = 0, None
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        count, shape = count + 1, frame.shape
-    cap.release()
-    return count, shape
 
 
 def test_file_mode_keeps_every_frame_and_prints_summary(tmp_path, capsys, test_model):
@@ -41,7 +20,7 @@ def test_file_mode_keeps_every_frame_and_prints_summary(tmp_path, capsys, test_m
     out = tmp_path / "out.mp4"
     assert main(["--input", str(clip), "--output", str(out), "--model", str(test_model)]) == 0
     stdout = capsys.readouterr().out.strip().splitlines()
-    assert re.fullmatch(r"frames=12 fps=\d+\.\d model_ms=\d+\.\d", stdout[-1])
+    assert re.fullmatch(r"frames=12 fps=\d+\.\d model_ms=\d+\.\d cpu=\d+\.\d\d", stdout[-1])
     assert video_facts(out) == (12, (96, 160, 3))
     assert not list(tmp_path.glob(".*partial*"))
 
@@ -346,3 +325,190 @@ def test_camera_back_at_another_size_keeps_sink_size():
     sink = RecordingSink()
     Pipeline(source, Bypass(), Controls(), [sink], max_frames=4).run_live()
     assert [f.shape for f in sink.frames] == [(24, 32, 3)] * 4
+
+
+def test_status_note_stays_above_the_status_line_on_a_tty():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream, clock = Tty(), FakeClock()
+    status = StatusLine(stream, clock=clock)
+    status.update("status 1")
+    status.note("warning")
+    status.update("status 2")  # at once: the note removed the line, so it is drawn again
+    assert stream.getvalue() == "\rstatus 1\r        \rwarning\n\rstatus 2"
+
+
+def test_sigterm_in_file_mode_finishes_the_file(tmp_path, test_model):
+    """`kill -TERM` during `--input clip --loop --output out` keeps what was written."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clip = write_clip(tmp_path / "clip.avi", frames=6)
+    out = tmp_path / "out.avi"
+    proc = subprocess.Popen([sys.executable, "-m", "sharpcam", "--input", str(clip), "--loop",
+                             "--output", str(out), "--model", str(test_model)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        seen = ""
+        while " frames " not in seen:  # the progress line: frames are being written
+            assert time.monotonic() < deadline and proc.poll() is None, seen
+            if select.select([proc.stderr], [], [], 0.5)[0]:
+                seen += proc.stderr.readline()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    written = int(re.search(r"frames=(\d+)", stdout).group(1))
+    assert written >= 1 and video_facts(out)[0] == written
+    assert not list(tmp_path.glob(".*partial*")) and os.path.exists(clip)
+    assert "SIGTERM" in stderr and "Traceback" not in stderr
+
+
+def test_odd_frame_size_is_kept_in_the_output_file(tmp_path, test_model):
+    clip = write_clip(tmp_path / "odd.avi", frames=3, size=(33, 17))
+    assert video_facts(clip) == (3, (17, 33, 3))
+    out = tmp_path / "out.avi"
+    assert main(["--input", str(clip), "--output", str(out), "--model", str(test_model)]) == 0
+    assert video_facts(out) == (3, (17, 33, 3))
+
+
+def test_odd_frame_size_into_an_even_only_format_is_refused(tmp_path, capsys, test_model):
+    clip = write_clip(tmp_path / "odd.avi", frames=3, size=(33, 17))
+    out = tmp_path / "out.mp4"
+    assert main(["--input", str(clip), "--output", str(out), "--model", str(test_model)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sharpcam: error: --output") and "33x17" in err[-1] and ".avi" in err[-1]
+    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_ctrl_c_in_file_mode_keeps_the_file_and_prints_the_summary(tmp_path, monkeypatch, capsys,
+                                                                    test_model):
+    from sharpcam.sources import VideoFileSource
+    clip = write_clip(tmp_path / "clip.avi", frames=12)
+    real_read = VideoFileSource.read
+    reads = {"n": 0}
+
+    def read(self):
+        reads["n"] += 1
+        if reads["n"] == 4:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+        return real_read(self)
+
+    monkeypatch.setattr(VideoFileSource, "read", read)
+    out = tmp_path / "out.avi"
+    assert main(["--input", str(clip), "--output", str(out), "--model", str(test_model)]) == 130
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"frames=3 fps=\d+\.\d model_ms=\d+\.\d cpu=\d+\.\d\d",
+                        captured.out.strip().splitlines()[-1])
+    last = captured.err.strip().splitlines()[-1]
+    assert "interrupted" in last and str(out) in last and "camera" not in last
+    assert video_facts(out)[0] == 3 and not list(tmp_path.glob(".*partial*"))
+
+
+def test_looping_progress_counts_against_max_frames_not_the_clip(tmp_path, capsys, test_model):
+    clip = write_clip(tmp_path / "clip.avi", frames=12)
+    assert main(["--input", str(clip), "--loop", "--max-frames", "30", "--output",
+                 str(tmp_path / "out.avi"), "--model", str(test_model)]) == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if " frames " in line]
+    assert progress[-1].split("]")[1].split()[0] == "30/30", progress
+    assert not any("/12 " in line for line in progress), progress
+
+
+def test_progress_never_shows_more_done_than_total():
+    stream = io.StringIO()
+    Progress(90, StatusLine(stream)).update(14805, 30.0, force=True)
+    assert "14805/90" not in stream.getvalue() and "14805 frames" in stream.getvalue()
+
+
+class BusyEngine:
+    """An engine stand-in that keeps a core busy for 20 ms of CPU time per run."""
+    receptive_radius, size_multiple, last_ms = 0, 1, 20.0
+
+    def run(self, batch):
+        import time
+        end = time.thread_time() + 0.020
+        while time.thread_time() < end:
+            pass
+        return batch
+
+
+class SleepingEngine(BusyEngine):
+    """Takes as long, but waits instead of computing (as a GPU or another process would)."""
+
+    def run(self, batch):
+        import time
+        time.sleep(0.020)
+        return batch
+
+
+def test_bench_reports_cpu_use_next_to_frames_per_second():
+    from sharpcam.bench import bench
+    cpu = {}
+    for name, engine in (("busy", BusyEngine()), ("sleeping", SleepingEngine())):
+        stream = io.StringIO()
+        rows = bench(engine, sizes=((32, 24),), tile=32, seconds=0.3, out=stream)
+        assert "cpu" in stream.getvalue().splitlines()[0]
+        (_, cells), = rows
+        fps, cpu[name] = cells[-1]  # the whole-frame model column
+        assert fps > 0
+    # With a share s of a core, the busy engine reads s, the sleeping one c / (20 ms + c / s)
+    # for the pipeline's own c (~0.5 ms) CPU per frame: their ratio is 1 + s * 20 ms / c,
+    # above 1.5 for any share over 1.3% of a core. Timing never enters the assertion.
+    assert cpu["busy"] > 1.5 * cpu["sleeping"]
+
+
+def test_cpu_meter_is_cpu_seconds_per_second_over_its_window():
+    from sharpcam.pipeline import CpuMeter
+    wall, cpu = FakeClock(), FakeClock()
+    meter = CpuMeter(window=2.0, clock=wall, cpu_clock=cpu)
+    assert meter.cores == 0.0
+    for k in range(1, 11):  # 1.5 cores busy for 5 s
+        wall.t, cpu.t = k * 0.5, k * 0.75
+        meter.tick()
+    assert meter.cores == pytest.approx(1.5)
+    for k in range(11, 21):  # then idle: the window forgets the busy part
+        wall.t = k * 0.5
+        meter.tick()
+    assert meter.cores == pytest.approx(0.0)
+
+
+def test_live_status_line_and_summary_show_cpu_use():
+    stream = io.StringIO()
+    source = CountingSource()
+    summary = Pipeline(source, Bypass(), Controls(), [RecordingSink()], status=StatusLine(stream),
+                       max_frames=5).run_live()
+    assert re.search(r"\| cpu \d+\.\d \|", stream.getvalue().splitlines()[-1])
+    assert re.fullmatch(r"frames=5 fps=\d+\.\d model_ms=\d+\.\d cpu=\d+\.\d\d", summary.line())
+
+
+def test_capture_does_not_spin_on_a_source_that_returns_at_once():
+    """A camera's read() blocks until its next frame; a frozen driver or a virtual source
+    returns the same frame at once. The capture loop must then wait, not spin a core.
+    The bound below is an upper bound: a slow machine only makes fewer reads."""
+    import time
+
+    class FrozenCamera:
+        self_paced, finite, live, fps, height, width = True, False, True, 50.0, 8, 12
+        reads = 0
+
+        def read(self):
+            FrozenCamera.reads += 1
+            return np.full((8, 12, 3), 90, np.uint8)
+
+    controls = Controls(ControlState(mode="off"))
+    stopper = threading.Timer(0.5, controls.quit.set)
+    start = time.perf_counter()
+    stopper.start()
+    Pipeline(FrozenCamera(), Bypass(), controls, [RecordingSink()]).run_live()
+    elapsed = time.perf_counter() - start
+    assert FrozenCamera.reads <= 2 * FrozenCamera.fps * elapsed + 2, (FrozenCamera.reads, elapsed)

@@ -1,5 +1,7 @@
 """The preview window and its hotkeys on a real (virtual) X display, and the display check."""
+import cv2
 import numpy as np
+import pytest
 
 from sharpcam.cli import main
 from sharpcam.controls import Controls
@@ -114,3 +116,80 @@ def test_terminal_hotkeys_drive_a_running_sharpcam(xvfb_display, test_model, tmp
             proc.wait()
         os.close(master)
         os.close(slave)
+
+
+@pytest.fixture
+def fake_window(monkeypatch):
+    """OpenCV's window calls replaced by a recorder: what the preview would show, no display."""
+    import cv2
+    import sharpcam.sinks
+    shown = []
+    monkeypatch.setattr(sharpcam.sinks, "display_problem", lambda: None)
+    monkeypatch.setattr(cv2, "namedWindow", lambda *a: None)
+    monkeypatch.setattr(cv2, "imshow", lambda title, frame: shown.append(frame.copy()))
+    monkeypatch.setattr(cv2, "waitKey", lambda delay: -1)
+    monkeypatch.setattr(cv2, "getWindowProperty", lambda *a: 1.0)
+    monkeypatch.setattr(cv2, "destroyWindow", lambda *a: None)
+    return shown
+
+
+@pytest.mark.parametrize("mode", ["split", "on"])
+def test_labels_are_drawn_in_the_preview_only(mode, fake_window, only_recorder, tmp_path, test_model):
+    from conftest import video_facts
+    out = tmp_path / "out.avi"
+    assert main(["--demo", "--mode", mode, "--preview", "--vcam", "--output", str(out),
+                 "--model", str(test_model), "--width", "320", "--height", "192", "--max-frames", "3"]) == 0
+    vcam = [f.reshape(192, 320, 3) for f in only_recorder.instances[0].frames]
+    assert len(fake_window) == len(vcam) == 3
+    capture = cv2.VideoCapture(str(out))
+    for preview, sent in zip(fake_window, vcam):
+        written = capture.read()[1]
+        top = slice(0, 24)
+        # The label sits in the top rows of the preview; the rest of the picture is untouched.
+        assert np.abs(preview[top].astype(int) - sent[top]).max() > 100
+        assert np.array_equal(preview[48:], sent[48:])
+        # The virtual camera and the file get the picture without it (the file only JPEG-rounded).
+        assert np.abs(written[top].astype(int) - sent[top]).mean() < 4
+    assert video_facts(out)[0] >= 3
+
+
+def test_split_labels_name_both_halves():
+    from sharpcam.controls import ControlState
+    from sharpcam.sinks import draw_preview_labels
+    frame = np.full((180, 320, 3), 128, np.uint8)
+    labelled = draw_preview_labels(frame, ControlState(mode="split"), fps=29.9)
+    assert np.all(frame == 128)  # drawn on a copy: other sinks share this frame
+    changed = np.any(labelled != 128, axis=2)
+    assert changed[:, :160].any() and changed[:, 160:].any()
+    assert not changed[60:].any()  # small: top rows only
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_preview_tests_skip_without_xvfb_unless_ci_requires_them(required, tmp_path):
+    """On a machine without Xvfb the X tests skip, saying how to run them; CI (.ci/run sets
+    SHARPCAM_REQUIRE_XVFB=1) fails instead, so they cannot silently stop running there."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no Xvfb on this PATH
+    env.pop("SHARPCAM_REQUIRE_XVFB", None)
+    if required:
+        env["SHARPCAM_REQUIRE_XVFB"] = "1"
+    test = f"{__file__}::test_display_check_passes_under_xvfb"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", test],
+                          env=env, capture_output=True, text=True, timeout=120)
+    if required:
+        assert proc.returncode != 0 and "1 error" in proc.stdout, proc.stdout
+        assert "SHARPCAM_REQUIRE_XVFB" in proc.stdout
+    else:
+        assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout
+        assert "apt-get install xvfb" in proc.stdout
+
+
+def test_ci_requires_the_x_tests_and_runs_the_readme_command():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    ci = (root / ".ci" / "run").read_text()
+    assert "export SHARPCAM_REQUIRE_XVFB=1" in ci
+    readme_test_line = (root / "README.md").read_text().splitlines()[2]
+    assert "python -m pytest -q" in readme_test_line and ci.rstrip().endswith("python -m pytest -q")

@@ -85,3 +85,14 @@ def test_wrong_frame_size_is_rejected():
     t = Tiler(8, 8, tile=0, receptive_radius=0, size_multiple=1)
     with pytest.raises(ValueError):
         t.to_batch(np.zeros((9, 8, 3), np.uint8))
+
+
+def test_smallest_useful_tile_is_twice_the_margin():
+    from sharpcam.tiling import min_useful_tile, tile_problem
+    # The bundled student: radius 115, multiple 16 -> margin 128 on each side.
+    assert min_useful_tile(115, 16) == 256
+    assert tile_problem(256, 115, 16) is None and tile_problem(0, 115, 16) is None
+    assert tile_problem(250, 115, 16) is None  # rounds up to 256
+    problem = tile_problem(7, 115, 16)
+    assert "289x" in problem and "--tile 256" in problem
+    assert min_useful_tile(0, 8) == 8 and tile_problem(8, 0, 8) is None

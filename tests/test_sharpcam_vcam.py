@@ -4,41 +4,9 @@ import pytest
 import pyvirtualcam
 from pyvirtualcam import camera as pvc_camera
 
+from conftest import RecordingBackend
 from sharpcam.cli import main
 from sharpcam.sinks import VirtualCameraSink, VirtualCameraUnavailable, virtual_camera_guidance
-
-
-class RecordingBackend:
-    """A pyvirtualcam backend (its documented duck type) that keeps what it is sent."""
-    instances = []
-
-    def __init__(self, *, width, height, fps, fourcc, device, **kw):
-        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
-        self._device = device or "recorder0"
-        self.frames = []
-        self.closed = False
-        RecordingBackend.instances.append(self)
-
-    def send(self, frame):
-        self.frames.append(frame.copy())
-
-    def device(self):
-        return self._device
-
-    def native_fourcc(self):
-        return self.fourcc
-
-    def close(self):
-        self.closed = True
-
-
-@pytest.fixture
-def only_recorder(monkeypatch):
-    """Replace every installed backend with the recorder (so no real device is touched)."""
-    monkeypatch.setattr(pvc_camera, "BACKENDS", {})
-    pyvirtualcam.register_backend("recorder", RecordingBackend)
-    RecordingBackend.instances = []
-    return RecordingBackend
 
 
 @pytest.fixture
@@ -120,4 +88,6 @@ def test_ctrl_c_releases_virtual_camera_and_keeps_recording(only_recorder, tmp_p
     backend = only_recorder.instances[0]
     assert backend.closed and len(backend.frames) == 3
     assert out.exists() and not list(tmp_path.glob(".*partial*"))
-    assert "released" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "virtual camera released" in err
+    assert "stopped: frames=2" in err  # the summary on Ctrl-C too; the file got 2 before the third raised
