@@ -32,10 +32,10 @@ STUDENT_PRESETS: dict[str, dict] = {
     # 1/4 resolution (4×4 pixel blocks as 48 channels), residual pixels out: ~2.9 GFLOP/720p.
     "pixels": dict(widths=[12, 24, 48], blocks=[1, 1, 1], unshuffle=4, head_kernel=3,
                    global_residual=True, bands=[]),
-    # The same 1/4-resolution UNet, gains for three full-resolution luma bands out
-    # (box filters 3, 5, 9: σ ≈ 0.8, 1.6, 3.1).
+    # A 1/4-resolution UNet on the luma and its band energies, gains for three
+    # full-resolution luma bands out (box filters 3, 5, 9: σ ≈ 0.8, 1.6, 3.1).
     "realtime": dict(widths=[12, 24, 48], blocks=[1, 1, 1], unshuffle=4, head_kernel=3,
-                     global_residual=True, bands=[3, 5, 9]),
+                     global_residual=True, bands=[3, 5, 9], luma_input=True, band_energy=True),
 }
 
 
@@ -145,7 +145,7 @@ class ResidualUNet(nn.Module):
     arch = "residual_unet"
 
     def __init__(self, widths, blocks, unshuffle, head_kernel, global_residual, bands=(),
-                 luma_input=False, in_channels=3, preset=None):
+                 luma_input=False, band_energy=False, in_channels=3, preset=None):
         super().__init__()
         if len(widths) != len(blocks) or len(widths) < 1:
             raise ValueError("widths and blocks need one entry per stage")
@@ -154,21 +154,22 @@ class ResidualUNet(nn.Module):
         self.config = dict(preset=preset, widths=list(widths), blocks=list(blocks),
                            unshuffle=unshuffle, head_kernel=head_kernel,
                            global_residual=global_residual, bands=list(bands),
-                           luma_input=luma_input, in_channels=in_channels)
+                           luma_input=luma_input, band_energy=band_energy, in_channels=in_channels)
         self.global_residual = global_residual
         if (bands or luma_input) and in_channels != 3:
             raise ValueError("luma bands and luma input need RGB images (in_channels=3)")
-        if luma_input and not bands:
-            raise ValueError("luma_input needs bands: a luma-only network can only predict band gains")
+        if (luma_input or band_energy) and not bands:
+            raise ValueError("luma_input and band_energy need bands: they are features of the bands")
         self.luma_input = luma_input
         stem_channels = (1 if luma_input else in_channels) * unshuffle * unshuffle
+        self.band_energy = band_energy
         self.register_buffer("luma_weights", torch.tensor(LUMA_WEIGHTS).reshape(1, 3, 1, 1),
                              persistent=False)
         self.unshuffle = SpaceToDepth(unshuffle) if unshuffle > 1 else nn.Identity()
 
         self.encoders = nn.ModuleList()
         for i, (width, count) in enumerate(zip(widths, blocks)):
-            previous = stem_channels if i == 0 else widths[i - 1]
+            previous = stem_channels + (len(bands) if band_energy else 0) if i == 0 else widths[i - 1]
             self.encoders.append(nn.Sequential(
                 nn.Conv2d(previous, width, 3, stride=1 if i == 0 else 2, padding=1),
                 nn.ReLU(inplace=True),
@@ -204,6 +205,8 @@ class ResidualUNet(nn.Module):
         widths, blocks = self.config["widths"], self.config["blocks"]
         scale = self.config["unshuffle"]
         lo, hi = 0, scale - 1
+        if self.band_energy:  # a cell's band energies read the bands' own support around it
+            lo, hi = lo - self.bands.radius, hi + self.bands.radius
         intervals = []
         for i in range(len(widths)):
             if i > 0:
@@ -233,7 +236,14 @@ class ResidualUNet(nn.Module):
 
     def forward(self, image):
         luma = self.luma(image) if self.bands is not None else None
+        bands = self.bands(luma) if self.bands is not None else None
         x = self.unshuffle(luma if self.luma_input else image)
+        if self.band_energy:
+            # How much detail each band holds around every cell, on a log scale: what tells
+            # blur (little fine detail) from noise (much of it, everywhere).
+            block = self.config["unshuffle"]
+            energy = torch.cat([F.avg_pool2d(band.abs(), block) for band in bands], dim=1)
+            x = torch.cat([x, torch.log(energy + 1e-3)], dim=1)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
@@ -246,7 +256,7 @@ class ResidualUNet(nn.Module):
             out = self.shuffle(x)
             return image + out if self.global_residual else out
         detail = None
-        for gain, band in zip(x.split(1, dim=1), self.bands(luma)):
+        for gain, band in zip(x.split(1, dim=1), bands):
             # Up-sampled one band at a time: full-resolution copies are what cost here.
             term = F.interpolate(gain, scale_factor=self.config["unshuffle"], mode="bilinear",
                                  align_corners=False) * band

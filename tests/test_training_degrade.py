@@ -69,7 +69,7 @@ def test_webcam_preset_deterministic_with_untouched_share_byte_equal():
         np.testing.assert_array_equal(a, b)
         if a.tobytes() == img.tobytes():
             untouched += 1
-    assert 0.05 * n <= untouched <= 0.16 * n
+    assert 0.02 * n <= untouched <= 0.09 * n  # 5 %
 
 
 def test_unknown_preset_is_a_clear_error():
@@ -77,15 +77,16 @@ def test_unknown_preset_is_a_clear_error():
         degrade.get_preset("nope")
 
 
-def test_harsh_preset_is_deterministic_and_harsher_than_webcam():
-    img = textured(64, 64)
+def test_harsh_preset_is_deterministic_and_noisier_than_webcam():
+    # A flat grey frame: blur cannot change it, so what changes is the noise (and JPEG).
+    img = np.full((64, 64, 3), 0.5, np.float32)
     changes = {"webcam": [], "harsh": []}
     for seed in range(120):
         for name in changes:
             a = degrade.PRESETS[name](img, np.random.default_rng(seed))
             np.testing.assert_array_equal(a, degrade.PRESETS[name](img, np.random.default_rng(seed)))
             changes[name].append(np.abs(a - img).mean())
-    assert np.mean(changes["webcam"]) < 0.85 * np.mean(changes["harsh"])
+    assert np.mean(changes["webcam"]) < 0.5 * np.mean(changes["harsh"])
 
 
 def test_every_component_has_a_mild_and_a_moderate_strength_that_orders_them():

@@ -155,7 +155,7 @@ COMPONENTS: dict[str, dict] = {
     "noise": dict(fn="noise", photons=200.0, read_sigma=0.008),
 }
 
-UNTOUCHED_SHARE = 0.1
+UNTOUCHED_SHARE = 0.05
 
 
 def seed_preset(image: Image, rng: np.random.Generator) -> Image:
@@ -166,40 +166,40 @@ def seed_preset(image: Image, rng: np.random.Generator) -> Image:
 def webcam_preset(image: Image, rng: np.random.Generator) -> Image:
     """What laptop webcams and calls do to a frame: optics -> sensor -> scaling -> codec.
 
-    Mostly mild: softness of σ 0.3–1.6 px (a cheap lens or slightly missed focus),
-    small motion, the residual noise a webcam's own denoiser leaves in daylight or a lit
-    room on a third of the frames, JPEG 50–95, a call's down-up scaling on some. About 10 % come back untouched (the same array), so the
-    model learns to leave sharp frames alone. Strong blur and low-light noise are left
-    to `harsh`: trained on them (or on indoor noise in half the frames), a small network
-    learns that smoothing is the cheapest win and stops sharpening.
+    Every frame is at least a little soft (σ 0.5–1.6 px: a cheap lens, slightly missed
+    focus, or small motion), a quarter carry the residual noise a webcam's own denoiser
+    leaves in daylight or a lit room, half are JPEG 50–95, a quarter went through a call's
+    down-up scaling. 5 % come back untouched (the same array), so the model also sees
+    sharp frames. Strong blur and low-light noise are left to `harsh`: trained on them, or
+    on many unblurred frames, a small network learns that leaving frames alone or
+    smoothing them is the cheapest win, and stops sharpening.
     """
     if rng.random() < UNTOUCHED_SHARE:
         return image
-    out = image
     kind = rng.random()
-    if kind < 0.55:
-        out = gaussian_blur(out, rng, sigma=float(rng.uniform(0.3, 1.6)))
-    elif kind < 0.70:
-        out = defocus_blur(out, rng, radius=float(rng.uniform(0.7, 2.2)))
-    elif kind < 0.85:
-        out = motion_blur(out, rng, length=float(rng.uniform(1.5, 7.0)))
-    # else: optics sharp, the rest of the chain only
+    if kind < 0.6:
+        out = gaussian_blur(image, rng, sigma=float(rng.uniform(0.5, 1.6)))
+    elif kind < 0.8:
+        out = defocus_blur(image, rng, radius=float(rng.uniform(0.8, 2.2)))
+    else:
+        out = motion_blur(image, rng, length=float(rng.uniform(2.0, 7.0)))
     if rng.random() < 0.25:
         out = rescale(out, rng, factor=float(rng.uniform(1.2, 2.0)),
                       down=("area", "linear")[int(rng.integers(2))],
                       up=("linear", "cubic")[int(rng.integers(2))])
-    if rng.random() < 0.35:
+    if rng.random() < 0.25:
         photons = float(math.exp(rng.uniform(math.log(600.0), math.log(4000.0))))
         out = sensor_noise(out, rng, photons=photons, read_sigma=float(rng.uniform(0.0, 0.004)))
-    if rng.random() < 0.6:
+    if rng.random() < 0.5:
         out = jpeg(out, rng, quality=int(rng.integers(50, 96)))
     return out
 
 
 def harsh_preset(image: Image, rng: np.random.Generator) -> Image:
     """A harsh random webcam chain (blur up to σ 2, defocus 4 px, motion 15 px, 30-photon
-    noise, JPEG 30): for teachers and experiments. Students trained on it smooth."""
-    if rng.random() < UNTOUCHED_SHARE:
+    noise, JPEG 30; 10 % untouched): for teachers and experiments. Students trained on it
+    smooth."""
+    if rng.random() < 0.1:
         return image
     out = image
     applied = False

@@ -306,7 +306,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         loss_parts["loss_teacher"] = loss_parts.get("loss_teacher", 0.0) + loss_teacher.item()
         logged += 1
         rate = samples_seen / max(1e-9, time.time() - started)
-        bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.1f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.1f}", refresh=False)
         bar.update(1)
         if main_process and (step % opts.log_every == 0 or step == total_steps or step == 1):
             log.write(kind="train", step=step, epoch=step / steps_per_epoch, loss=loss_sum / logged,

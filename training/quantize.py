@@ -6,10 +6,13 @@ uint8 activations whose ranges come from calibration on real photo crops that th
 student never trained on — scikit-image's held-out photos by default, or the held-out
 split (same name hash as training) of `--calibration DIR`.
 
-Pixels stay fp32: every node whose output has the image's own channel count (the final
-residual add, DepthToSpace back to RGB, a fixed blur of the input, ...) is excluded, so
-8-bit rounding never lands on the picture itself; only the feature maps are quantised.
-`--keep-fp32 none` quantises those too; `--exclude` keeps more nodes (names or op types).
+Only convolutions are quantised, where the arithmetic is; the full-resolution band maths
+(luma, box filters, gain up-sampling, the sums) is memory-bound, gains nothing from INT8
+and must stay exact. Pixels stay fp32 too: every node whose output has the image's own
+channel count (the final residual add, DepthToSpace back to RGB, a head predicting per-
+pixel gains, ...) is excluded, so 8-bit rounding never lands on the picture itself.
+`--keep-fp32 none` quantises those and every other op too; `--exclude` keeps more nodes
+(names or op types).
 
 The INT8 model keeps the contract (`image` in, `sharpened` out, dynamic N/H/W) and every
 `sharpcam.*` metadata entry, and adds `sharpcam.precision=int8`, the SHA-256 of the fp32
@@ -137,6 +140,8 @@ def crop_reader(batches: list[np.ndarray]):
 
 # --- which nodes stay fp32 -----------------------------------------------------------
 
+QUANTIZED_OP_TYPES = ["Conv", "ConvTranspose"]
+
 
 def channel_counts(model: onnx.ModelProto) -> dict[str, Optional[int]]:
     """Channel dimension (axis 1) of every 4-D tensor that ONNX shape inference can tell."""
@@ -191,7 +196,8 @@ def preprocess(model: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
 
 
 def quantize(model: onnx.ModelProto, crops: list[np.ndarray], exclude: list[str],
-             workdir: Path) -> onnx.ModelProto:
+             workdir: Path, op_types: Optional[list[str]] = QUANTIZED_OP_TYPES) -> onnx.ModelProto:
+    """QDQ INT8 of the `op_types` nodes (None: every op onnxruntime can quantise)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     src, dst = workdir / "to_quantize.onnx", workdir / "int8.onnx"
     onnx.save(model, src)
@@ -201,7 +207,8 @@ def quantize(model: onnx.ModelProto, crops: list[np.ndarray], exclude: list[str]
         # uint8 activations × int8 weights is the pair onnxruntime's CPU kernels fuse into
         # QLinearConv; int8 activations leave most convs as DequantizeLinear + fp32 Conv.
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
+        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+        op_types_to_quantize=op_types)
     return onnx.load(dst)
 
 
@@ -281,7 +288,8 @@ def quantize_student(opts: Options) -> tuple[Path, dict]:
     with tempfile.TemporaryDirectory(prefix="sharpcam-quantize.") as tmp:
         prepared = preprocess(fp32, Path(tmp))
         exclude = nodes_to_exclude(prepared, opts.keep_fp32, opts.exclude)
-        int8 = quantize(prepared, crops, exclude, Path(tmp))
+        int8 = quantize(prepared, crops, exclude, Path(tmp),
+                        QUANTIZED_OP_TYPES if opts.keep_fp32 == "image" else None)
         check_contract(int8)
         settings = dict(calibration=opts.calibration or "scikit-image held-out photos",
                         calibration_files=[f.name for f in files], crops=len(crops), crop=opts.crop,

@@ -185,7 +185,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     # --- loop -------------------------------------------------------------------------
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="teacher", unit="step", disable=not main_process,
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
     started, samples_seen, loss_sum, logged = time.time(), 0, 0.0, 0
     plan = stages(opts)
     stop = distributed.StopRequest(runtime)
@@ -229,7 +229,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
             samples_seen += inputs.shape[0] * runtime.world
             loss_sum, logged = loss_sum + loss.item(), logged + 1
             rate = samples_seen / max(1e-9, time.time() - started)
-            bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.1f}", patch=patch)
+            bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.1f}", patch=patch, refresh=False)
             bar.update(1)
             if main_process and (step % opts.log_every == 0 or step == total_steps or step == 1):
                 log.write(kind="train", step=step, loss=loss_sum / logged, samples_per_s=rate,
