@@ -72,3 +72,26 @@ def test_unsharp_mask_raises_both_flicker_and_edge_contrast():
     assert result["unsharp"]["static_flicker"] > result["input"]["static_flicker"]
     assert result["unsharp"]["static_edge_contrast"] > result["input"]["static_edge_contrast"]
     assert result["input"]["static_edge_contrast"] < 1  # the clips are softened
+
+
+@pytest.mark.parametrize("make_model", ["half_size_model", "one_channel_model"])
+def test_a_model_with_the_wrong_output_shape_is_one_error_line(make_model, tmp_path, monkeypatch):
+    import cv2
+    import conftest
+    model = getattr(conftest, make_model)(tmp_path / "bad.onnx")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(photos / f"p{i}.png"), (photo_like(64, 64, i) * 255).astype(np.uint8))
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["--student", str(model), "--data", str(photos), "--out", str(tmp_path / "e"),
+                       "--rows", "clean", "--no-flicker", "--no-speed"])
+    message = str(stop.value)
+    assert message.startswith("error: ") and "\n" not in message and "bad.onnx" in message
+
+
+def test_progress_advances_once_per_image_and_row():
+    images = [photo_like(48, 64, seed) for seed in range(3)]
+    ticks = []
+    evaluate.evaluate_rows(images, 0, 0, {}, ["clean", "gaussian", "jpeg"], ticks.append)
+    assert sum(ticks) == 3 * 3

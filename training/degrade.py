@@ -163,11 +163,15 @@ def seed_preset(image: Image, rng: np.random.Generator) -> Image:
     return gaussian_blur(image, rng, sigma=0.5)
 
 
+def log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+
+
 def webcam_preset(image: Image, rng: np.random.Generator) -> Image:
     """What laptop webcams and calls do to a frame: optics -> sensor -> scaling -> codec.
 
-    Every frame is at least a little soft (σ 0.5–1.6 px: a cheap lens, slightly missed
-    focus, or small motion), a quarter carry the residual noise a webcam's own denoiser
+    Every frame is at least a little soft (σ 0.4–1.6 px, log-uniform so mild softness is
+    as common as moderate: a cheap lens, slightly missed focus, or small motion), a quarter carry the residual noise a webcam's own denoiser
     leaves in daylight or a lit room, half are JPEG 50–95, a quarter went through a call's
     down-up scaling. 5 % come back untouched (the same array), so the model also sees
     sharp frames. Strong blur and low-light noise are left to `harsh`: trained on them, or
@@ -176,20 +180,21 @@ def webcam_preset(image: Image, rng: np.random.Generator) -> Image:
     """
     if rng.random() < UNTOUCHED_SHARE:
         return image
+    # Log-uniform strengths: as many frames between σ 0.4 and 0.8 as between 0.8 and 1.6.
     kind = rng.random()
     if kind < 0.6:
-        out = gaussian_blur(image, rng, sigma=float(rng.uniform(0.5, 1.6)))
+        out = gaussian_blur(image, rng, sigma=log_uniform(rng, 0.4, 1.6))
     elif kind < 0.8:
-        out = defocus_blur(image, rng, radius=float(rng.uniform(0.8, 2.2)))
+        out = defocus_blur(image, rng, radius=log_uniform(rng, 0.7, 2.2))
     else:
-        out = motion_blur(image, rng, length=float(rng.uniform(2.0, 7.0)))
+        out = motion_blur(image, rng, length=log_uniform(rng, 1.5, 7.0))
     if rng.random() < 0.25:
         out = rescale(out, rng, factor=float(rng.uniform(1.2, 2.0)),
                       down=("area", "linear")[int(rng.integers(2))],
                       up=("linear", "cubic")[int(rng.integers(2))])
     if rng.random() < 0.25:
-        photons = float(math.exp(rng.uniform(math.log(600.0), math.log(4000.0))))
-        out = sensor_noise(out, rng, photons=photons, read_sigma=float(rng.uniform(0.0, 0.004)))
+        out = sensor_noise(out, rng, photons=log_uniform(rng, 600.0, 4000.0),
+                           read_sigma=float(rng.uniform(0.0, 0.004)))
     if rng.random() < 0.5:
         out = jpeg(out, rng, quality=int(rng.integers(50, 96)))
     return out

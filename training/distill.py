@@ -7,8 +7,10 @@ on paired folders (``--paired BLUR SHARP``), or on frames without ground truth
 (``--unpaired DIR``: teacher labels only, α 0, β 1).
 
 The teacher runs on every batch on a GPU; on a CPU ``--teacher-cache DIR`` labels a
-fixed pool of crops once and reuses it. Validation PSNR/SSIM on held-out files each
-epoch. Resumable (``--resume``), DDP under ``torchrun``. Writes OUT/student.pt,
+fixed pool of crops once and reuses it, and ``--pool N`` (ground truth alone) degrades N
+crops once, so the loop is compute-bound. The recipe that made the shipped student
+(warm-up + cosine schedule, clipping) is in MODEL_CARD.md. Validation PSNR/SSIM on
+held-out files each epoch (or ``--eval-every``). Resumable (``--resume``), DDP under ``torchrun``. Writes OUT/student.pt,
 OUT/student.onnx (parity checked), OUT/metrics.json, OUT/log.jsonl, OUT/loss.png.
 """
 from __future__ import annotations
