@@ -187,10 +187,27 @@ class ResidualUNet(nn.Module):
             head_channels = stem_channels
             self.shuffle = nn.PixelShuffle(unshuffle) if unshuffle > 1 else nn.Identity()
         self.head = nn.Conv2d(widths[0], head_channels, head_kernel, padding=head_kernel // 2)
+        self.initialise()
         if global_residual:
             # Zero detail at start: the untrained model passes frames through untouched.
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+
+    def initialise(self):
+        """He initialisation for the ReLU convolutions, each residual branch starting at zero.
+
+        PyTorch's default conv initialisation shrinks the signal about sixfold per ReLU
+        layer: eleven layers down, the features reaching the head were ~1e-4, so the head
+        saw nothing and only its bias learned (a fixed filter, whatever the content). With
+        He initialisation the signal keeps its scale, and zeroed residual branches make
+        every block start as the identity, so depth cannot blow it up either."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu",
+                                        mode="fan_out" if isinstance(module, nn.ConvTranspose2d) else "fan_in")
+                nn.init.zeros_(module.bias)
+            if isinstance(module, ResidualBlock):
+                nn.init.zeros_(module.conv2.weight)
 
     @property
     def size_multiple(self) -> int:
@@ -243,7 +260,9 @@ class ResidualUNet(nn.Module):
             # blur (little fine detail) from noise (much of it, everywhere).
             block = self.config["unshuffle"]
             energy = torch.cat([F.avg_pool2d(band.abs(), block) for band in bands], dim=1)
-            x = torch.cat([x, torch.log(energy + 1e-3)], dim=1)
+            # Centred and scaled to about ±1 like the pixels beside them (log 1e-3 ≈ −6.9,
+            # a busy band's log energy ≈ −2).
+            x = torch.cat([x, (torch.log(energy + 1e-3) + 4.5) / 2.5], dim=1)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)

@@ -151,3 +151,16 @@ def test_released_restormer_file_is_not_a_sharpcam_checkpoint(tmp_path):
     torch.save({"params": {"x": torch.zeros(1)}}, path)
     with pytest.raises(CheckpointError, match="not a SharpCam checkpoint"):
         load_student(path)
+
+
+@pytest.mark.parametrize("preset", list(STUDENT_PRESETS))
+def test_features_reach_the_head_at_their_scale(preset):
+    """With PyTorch's default initialisation the signal shrank ~10,000-fold on its way to the
+    head, which then saw nothing and learned only its bias: a fixed filter."""
+    model = build_student(preset, widths=[8, 16, 32]) if preset == "seed" else build_student(preset)
+    seen = {}
+    model.head.register_forward_hook(lambda module, inputs, output: seen.setdefault("x", inputs[0]))
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        model(x)
+    assert seen["x"].abs().mean() > 0.1

@@ -122,3 +122,17 @@ def test_two_process_ddp_teacher_on_cpu(image_dir, tmp_path):
     assert metrics["world_size"] == 2 and metrics["steps"] == 2
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["last.pt", "teacher.pt", "metrics.json", "log.jsonl", "loss.png"])
+
+
+@pytest.mark.parametrize("given,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_training_commands_make_openmp_threads_wait_passively_by_default(given, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    env["PYTHONPATH"] = str(ROOT)
+    # torch must load its OpenMP runtime after the policy is set: training.teacher imports torch.
+    code = ("import sys, training.teacher, os; assert 'torch' in sys.modules; "
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected

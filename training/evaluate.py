@@ -13,7 +13,7 @@ default scikit-image's held-out photos. Also measured: flicker and edge contrast
 clips with fresh sensor noise per frame (``training.flicker``), and the ONNX student's
 speed: ms per 256×256 tile and frames/s at 1280×720 on the CPU.
 Writes OUT/report.json, OUT/report.md, OUT/grid.png (input | student | teacher | sharp)
-and OUT/before_after.png (a 100 % crop: degraded | student | sharp).
+and OUT/before_after.png (a 100 % crop: degraded | unsharp mask | student | sharp).
 """
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ class Options:
     max_images: Optional[int] = option(None, "evaluate at most this many held-out images (smoke runs)")
     rows: Optional[list[str]] = option(None, "evaluate only these rows (default: all)", choices=PRESETS)
     speed: bool = option(True, "measure the ONNX student's speed at 720p")
+    before_after: Optional[str] = option(None, "held-out file (name or part of it) for before_after.png "
+                                               "(default: the first)")
     flicker: bool = option(True, "measure flicker and edge contrast on noisy clips")
     threads: int = option(2, "onnxruntime CPU threads for the speed measurement and the ONNX student")
     speed_repeats: int = option(10, "timed runs per speed measurement")
@@ -287,12 +289,12 @@ def save_grid(path: Path, samples: list[tuple[np.ndarray, np.ndarray]], columns:
     plt.close(fig)
 
 
-def save_before_after(path: Path, degraded: np.ndarray, restore: Restorer, sharp: np.ndarray) -> None:
-    """degraded | student | sharp side by side at 100 % (one image pixel per file pixel), with
-    a 4-pixel white gap: what a user sees, without any resampling by a plot."""
-    out = restore(degraded)
+def save_before_after(path: Path, degraded: np.ndarray, restorers: list[Restorer], sharp: np.ndarray) -> None:
+    """degraded | each restorer's output | sharp side by side at 100 % (one image pixel per
+    file pixel), 4-pixel white gaps: what a user sees, without any resampling by a plot."""
     gap = np.ones((degraded.shape[0], 4, 3), np.float32)
-    strip = np.concatenate([degraded, gap, out, gap, sharp], axis=1)
+    panels = [degraded, *(restore(degraded) for restore in restorers), sharp]
+    strip = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
     bgr = cv2.cvtColor(np.round(np.clip(strip, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
     ok, encoded = cv2.imencode(".png", bgr)
     if ok:
@@ -407,8 +409,17 @@ def main(argv=None) -> dict:
     crops = [datasets.center_crop(im, 256) for im in images[:4]]
     save_grid(out / "grid.png", build_pairs(crops, 0, [grid_preset], opts.seed)[grid_preset], columns,
               f"held-out crops, {grid_preset} blur ({presets[grid_preset]})")
-    degraded, sharp = before_after_view(images[0], opts.seed)
-    save_before_after(out / "before_after.png", degraded, restorers["student_onnx"], sharp)
+    shown = 0
+    if opts.before_after:
+        names = [f.name for f in source.val_files[:len(images)]]
+        matches = [i for i, name in enumerate(names) if opts.before_after in name]
+        if not matches:
+            raise SystemExit(f"error: --before-after {opts.before_after!r} names no held-out file; "
+                             f"choose one of {', '.join(names)}")
+        shown = matches[0]
+    degraded, sharp = before_after_view(images[shown], opts.seed)
+    save_before_after(out / "before_after.png", degraded,
+                      [unsharp_restorer(UNSHARP_AMOUNT), restorers["student_onnx"]], sharp)
     print(markdown)
     print(f"wrote {out/'report.json'}, {out/'report.md'}, {out/'grid.png'}, {out/'before_after.png'}",
           file=sys.stderr)
