@@ -162,10 +162,17 @@ def test_crops_are_multiples_of_the_model_size_multiple():
         random_crops(images[2:], 1, 256, 32)
 
 
-def test_the_bundled_int8_model_was_made_from_the_bundled_fp32_model():
+def test_a_bundled_int8_model_matches_the_bundled_fp32_model_or_none_is_shipped():
+    """The bundled student ships without an INT8 sibling (its INT8 version cost 4.9 dB on
+    clean frames, far over the 0.1 dB budget); one added later must come from this fp32."""
     fp32 = Path(ASSETS_DIR) / "student.onnx"
     int8 = Path(int8_sibling(fp32))
-    assert int8.is_file(), "run `python -m training.quantize sharpcam/assets/student.onnx`"
+    if not int8.is_file():
+        from sharpcam.engine import Engine
+        from sharpcam.precision import open_engine
+        engine = open_engine(str(fp32), "auto", device="cpu", threads=1)
+        assert isinstance(engine, Engine) and engine.info.path == str(fp32)
+        return
     meta = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).get_modelmeta()
     assert meta.custom_metadata_map["sharpcam.precision"] == "int8"
     assert meta.custom_metadata_map[SOURCE_HASH_KEY] == file_sha256(fp32), (
