@@ -159,7 +159,7 @@ def test_features_reach_the_head_at_their_scale(preset):
     head, which then saw nothing and learned only its bias: a fixed filter."""
     model = build_student(preset, widths=[8, 16, 32]) if preset == "seed" else build_student(preset)
     seen = {}
-    model.head.register_forward_hook(lambda module, inputs, output: seen.setdefault("x", inputs[0]))
+    model.head.register_forward_pre_hook(lambda module, inputs: seen.update(x=inputs[0]))
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         model(x)

@@ -30,8 +30,9 @@ def sharpening_student(seed=0, scale=0.3):
     model = build_student("realtime")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=generator) * scale)
-        model.head.bias.copy_(torch.randn(model.head.bias.shape, generator=generator) * scale)
+        # Features reach the head at unit scale: small weights, gains of a few tenths.
+        model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=generator) * scale / 30)
+        model.head.bias.copy_(torch.randn(model.head.bias.shape, generator=generator) * scale * 3)
     return model.eval()
 
 
