@@ -16,7 +16,6 @@ OUT/student.onnx (parity checked), OUT/metrics.json, OUT/log.jsonl, OUT/loss.png
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from training.options import option, parse_options
 from training.quality import batch_scores
 from training import runlog
 from training.runlog import JsonLog, plot_curves, rng_state, write_json
+from training.schedule import warmup_cosine
 
 DEFAULT_TEACHER = Path("checkpoints/motion_deblurring.pth")
 TEACHER_HELP = (
@@ -108,11 +108,7 @@ def lr_factor(step: int, total_steps: int, opts: Options) -> float:
     warm-up, then a half cosine that reaches --min-lr at the last step."""
     if opts.schedule == "constant":
         return 1.0
-    if step < opts.warmup:
-        return (step + 1) / opts.warmup
-    progress = min(1.0, (step - opts.warmup) / max(1, total_steps - opts.warmup))
-    floor = opts.min_lr / opts.lr
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return warmup_cosine(step, total_steps, opts.warmup, opts.min_lr / opts.lr)
 
 
 def build_student_from_options(opts: Options) -> torch.nn.Module:

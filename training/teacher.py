@@ -9,7 +9,6 @@ OUT/teacher.pt (+ OUT/last.pt to resume), OUT/log.jsonl, OUT/metrics.json, OUT/l
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from training.options import option, parse_options
 from training.quality import batch_scores
 from training import runlog
 from training.runlog import JsonLog, plot_curves, rng_state, write_json
+from training.schedule import warmup_cosine
 
 
 @dataclass
@@ -68,12 +68,8 @@ class Options:
 
 def lr_factor(step: int, opts: Options) -> float:
     """Multiplier of --lr: linear warm-up, then cosine down to --min-lr at --steps."""
-    warmup = min(opts.warmup, max(1, opts.steps // 10))
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, opts.steps - warmup))
-    floor = opts.min_lr / opts.lr
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return warmup_cosine(step, opts.steps, min(opts.warmup, max(1, opts.steps // 10)),
+                         opts.min_lr / opts.lr)
 
 
 def stages(opts: Options) -> list[tuple[int, int, int]]:
