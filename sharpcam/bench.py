@@ -125,18 +125,10 @@ def _sizes(value: str) -> tuple:
     return tuple(sizes)
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a number of seconds") from None
-    if not 0.0 <= seconds <= 3600.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 3600")
-    return seconds
 
 
 def bench_main(argv) -> int:
-    from .cli import _positive_int, add_model_options, error
+    from .cli import _positive_int, add_model_options, bounded_float, error
     from .engine import ModelError
     from .precision import open_engine
     from .tiling import min_useful_tile, tile_problem
@@ -146,7 +138,8 @@ def bench_main(argv) -> int:
     add_model_options(p)
     p.add_argument("--tile", type=_positive_int, default=None,
                    help="tile size for the tiled column (default 256, or the model's smallest useful tile)")
-    p.add_argument("--seconds", type=_seconds, default=2.0, help="time per cell (default 2)")
+    p.add_argument("--seconds", default=2.0, help="time per cell (default 2)",
+                   type=bounded_float(0.0, 3600.0, "must be a number of seconds", "must be between 0 and 3600"))
     p.add_argument("--sizes", type=_sizes, default=SIZES, metavar="WxH,...",
                    help="resolutions to measure (default 640x480,1280x720,1920x1080)")
     args = p.parse_args(argv)

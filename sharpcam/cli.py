@@ -32,14 +32,20 @@ def _tile(value: str):
     return tile
 
 
-def _strength(value: str) -> float:
-    try:
-        s = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a number in [0, 2]") from None
-    if not 0.0 <= s <= 2.0:
-        raise argparse.ArgumentTypeError("must be in [0, 2]")
-    return s
+def bounded_float(low: float, high: float, not_a_number: str, out_of_range: str):
+    """An argparse type: a float in [low, high], else one of the two messages."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(not_a_number) from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(out_of_range)
+        return number
+    return parse
+
+
+_strength = bounded_float(0.0, 2.0, "must be a number in [0, 2]", "must be in [0, 2]")
 
 
 def _positive_int(value: str) -> int:

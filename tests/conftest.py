@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import time
 
 import numpy as np
 import pytest
@@ -301,3 +303,19 @@ def only_recorder(monkeypatch):
     pyvirtualcam.register_backend("recorder", RecordingBackend)
     RecordingBackend.instances = []
     return RecordingBackend
+
+
+class PtyTranscript:
+    """What a process has written to its pseudo-terminal so far (``seen``), read from
+    ``master``; ``until`` waits for a text, failing with the transcript if the process
+    ends first or the text does not come in time."""
+
+    def __init__(self, master: int, proc):
+        self.master, self.proc, self.seen = master, proc, b""
+
+    def until(self, needle: bytes, limit: float = 120.0) -> None:
+        end = time.monotonic() + limit
+        while needle not in self.seen:
+            assert time.monotonic() < end and self.proc.poll() is None, self.seen.decode(errors="replace")
+            if select.select([self.master], [], [], 0.5)[0]:
+                self.seen += os.read(self.master, 4096)

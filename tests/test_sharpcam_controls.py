@@ -137,9 +137,8 @@ def test_keys_work_in_file_mode_and_are_not_echoed(tmp_path, test_model):
     import select
     import subprocess
     import sys
-    import time
 
-    from conftest import video_facts, write_clip
+    from conftest import PtyTranscript, video_facts, write_clip
     clip = write_clip(tmp_path / "clip.avi", frames=6)
     out = tmp_path / "out.avi"
     master, slave = pty.openpty()
@@ -147,28 +146,21 @@ def test_keys_work_in_file_mode_and_are_not_echoed(tmp_path, test_model):
     proc = subprocess.Popen([sys.executable, "-m", "sharpcam", "--input", str(clip), "--loop",
                              "--output", str(out), "--model", str(test_model)],
                             stdin=slave, stdout=slave, stderr=slave)
-    seen = b""
-
-    def read_until(needle, limit=120.0):
-        nonlocal seen
-        end = time.monotonic() + limit
-        while needle not in seen:
-            assert time.monotonic() < end and proc.poll() is None, seen.decode(errors="replace")
-            if select.select([master], [], [], 0.5)[0]:
-                seen += os.read(master, 4096)
+    transcript = PtyTranscript(master, proc)
 
     try:
-        read_until(b" frames ")
-        mark = len(seen)
+        transcript.until(b" frames ")
+        mark = len(transcript.seen)
         os.write(master, b"z")  # no such key: ignored, and not echoed onto the progress bar
-        read_until(b" fps", limit=30)
+        transcript.until(b" fps", limit=30)
         os.write(master, b"q")
-        assert proc.wait(timeout=60) == 0, seen.decode(errors="replace")
+        assert proc.wait(timeout=60) == 0, transcript.seen.decode(errors="replace")
         while select.select([master], [], [], 0.2)[0]:
             try:
-                seen += os.read(master, 4096)
+                transcript.seen += os.read(master, 4096)
             except OSError:
                 break
+        seen = transcript.seen
         assert b"z" not in seen[mark:], seen[mark:]
         assert b"keys: space on/off" in seen
         assert termios.tcgetattr(slave) == before

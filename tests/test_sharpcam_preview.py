@@ -78,10 +78,11 @@ def test_terminal_hotkeys_drive_a_running_sharpcam(xvfb_display, test_model, tmp
     """The real command in a pseudo-terminal: space switches off, q quits, the tty is restored."""
     import os
     import pty
-    import select
     import subprocess
     import sys
     import termios
+
+    from conftest import PtyTranscript
 
     master, slave = pty.openpty()
     before = termios.tcgetattr(slave)
@@ -90,23 +91,13 @@ def test_terminal_hotkeys_drive_a_running_sharpcam(xvfb_display, test_model, tmp
          "--width", "160", "--height", "96", "--fps", "20"],
         stdin=slave, stdout=slave, stderr=slave, env=dict(os.environ, DISPLAY=xvfb_display),
         cwd=os.getcwd())
-    seen = b""
-
-    def read_until(needle, limit=120.0):
-        nonlocal seen
-        import time
-        end = time.monotonic() + limit
-        while needle not in seen:
-            assert time.monotonic() < end and proc.poll() is None, seen.decode(errors="replace")
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                seen += os.read(master, 4096)
+    transcript = PtyTranscript(master, proc)
 
     try:
-        read_until(b"keys: space on/off")
-        read_until(b"mode=on")
+        transcript.until(b"keys: space on/off")
+        transcript.until(b"mode=on")
         os.write(master, b" ")
-        read_until(b"mode=off")
+        transcript.until(b"mode=off")
         os.write(master, b"q")
         assert proc.wait(timeout=60) == 0
         assert termios.tcgetattr(slave) == before
