@@ -19,8 +19,6 @@ Every real-time head starts at zero, so an untrained model is exactly the identi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -163,8 +161,7 @@ class ResidualUNet(nn.Module):
         self.luma_input = luma_input
         stem_channels = (1 if luma_input else in_channels) * unshuffle * unshuffle
         self.band_energy = band_energy
-        self.register_buffer("luma_weights", torch.tensor(LUMA_WEIGHTS).reshape(1, 3, 1, 1),
-                             persistent=False)
+        self.register_buffer("luma_weights", torch.tensor([LUMA_WEIGHTS]), persistent=False)
         self.unshuffle = SpaceToDepth(unshuffle) if unshuffle > 1 else nn.Identity()
 
         self.encoders = nn.ModuleList()
@@ -249,7 +246,7 @@ class ResidualUNet(nn.Module):
         # memory-bound pass, where a 1×1 conv pads its output to 8 channels and reorders
         # it, and a multiply-then-sum makes two full-resolution passes.
         n, _, h, w = image.shape
-        return torch.matmul(self.luma_weights.reshape(1, 3), image.reshape(n, 3, h * w)).reshape(n, 1, h, w)
+        return torch.matmul(self.luma_weights, image.reshape(n, 3, h * w)).reshape(n, 1, h, w)
 
     def forward(self, image):
         luma = self.luma(image) if self.bands is not None else None

@@ -17,12 +17,13 @@ and OUT/before_after.png (a 100 % crop: degraded | unsharp mask | student | shar
 """
 from __future__ import annotations
 
+import io
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -37,10 +38,10 @@ from sharpcam.tiling import Tiler
 from training import data as datasets
 from training import degrade, distributed, flicker
 from training.options import option, parse_options
+from training.flicker import Restorer  # H×W×3 float RGB [0, 1] -> same
 from training.quality import psnr, ssim
 from training.runlog import write_json
 
-Restorer = Callable[[np.ndarray], np.ndarray]  # H×W×3 float RGB [0, 1] -> same
 PRESETS = ["clean", "seed", "webcam", *degrade.COMPONENTS]
 SEED_PROTOCOL_SIZE = 256
 TUNED_AMOUNTS = tuple(round(a, 2) for a in np.arange(0.0, 4.01, 0.1))
@@ -260,7 +261,6 @@ def report_markdown(report: dict) -> str:
 
 
 def save_figure(path: Path, fig) -> None:
-    import io
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     write_atomically(path, buffer.getvalue())

@@ -88,7 +88,7 @@ def edge_contrast(frames: list[np.ndarray], sharp: np.ndarray, edges: np.ndarray
 
 def measure(images: list[np.ndarray], restorers: dict[str, Restorer], seed: int = 0,
             size: tuple[int, int] = (384, 512)) -> dict[str, dict[str, float]]:
-    """{clip measure: {method: value}} averaged over `images` (centre crops of `size`);
+    """{method: {measure: value}} averaged over `images` (centre crops of `size`);
     ``input`` is the clip itself."""
     methods = {"input": lambda image: image, **restorers}
     sums: dict[str, dict[str, list[float]]] = {}
