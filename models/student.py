@@ -193,11 +193,13 @@ class ResidualUNet(nn.Module):
     def initialise(self):
         """He initialisation for the ReLU convolutions, each residual branch starting at zero.
 
-        PyTorch's default conv initialisation shrinks the signal about sixfold per ReLU
-        layer: eleven layers down, the features reaching the head were ~1e-4, so the head
-        saw nothing and only its bias learned (a fixed filter, whatever the content). With
-        He initialisation the signal keeps its scale, and zeroed residual branches make
-        every block start as the identity, so depth cannot blow it up either."""
+        PyTorch's default conv initialisation shrinks the signal at every ReLU layer: the
+        features reaching the head start about ten times weaker than with He initialisation
+        (0.12 against 1.3 on a random image). Trained from there, the head learned its bias
+        first, the body's features faded further (to ~1e-4 after 20,000 steps) and the model
+        stayed one fixed filter, whatever the content. He initialisation keeps the signal's
+        scale, and zeroed residual branches make every block start as the identity, so
+        depth cannot blow it up either."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu",

@@ -155,12 +155,13 @@ def test_released_restormer_file_is_not_a_sharpcam_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("preset", list(STUDENT_PRESETS))
 def test_features_reach_the_head_at_their_scale(preset):
-    """With PyTorch's default initialisation the signal shrank ~10,000-fold on its way to the
-    head, which then saw nothing and learned only its bias: a fixed filter."""
+    """He initialisation: the head's input starts at about 1.3 (0.3 or less with PyTorch's
+    default initialisation, from which a trained band-gain student stayed a fixed filter)."""
+    torch.manual_seed(0)  # narrow random networks vary: one fixed draw, no flaky threshold
     model = build_student(preset, widths=[8, 16, 32]) if preset == "seed" else build_student(preset)
     seen = {}
     model.head.register_forward_pre_hook(lambda module, inputs: seen.update(x=inputs[0]))
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         model(x)
-    assert seen["x"].abs().mean() > 0.1
+    assert seen["x"].abs().mean() > 0.5
