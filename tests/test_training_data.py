@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from training import data
+from training.errors import UsageError
 
 
 def write_images(folder: Path, names, size=(48, 40), seed=0):
@@ -27,10 +28,10 @@ def test_list_images_is_recursive_and_filters_extensions(tmp_path):
 
 
 def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         data.list_images(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="no images"):
+    with pytest.raises(UsageError, match="no images"):
         data.list_images(tmp_path / "empty")
 
 
@@ -68,7 +69,7 @@ def test_paired_matching_reports_unmatched_names(tmp_path, capsys):
     assert [n for n, _, _ in pairs] == ["0001.png", "0002.png", "0003.png"]
     err = capsys.readouterr().err
     assert "only_blur.png" in err and "only_sharp.png" in err and err.count("\n") == 1
-    with pytest.raises(SystemExit, match="no file name appears in both"):
+    with pytest.raises(UsageError, match="no file name appears in both"):
         write_images(tmp_path / "other", ["x.png"])
         data.match_pairs(tmp_path / "blur", tmp_path / "other")
 
@@ -124,5 +125,5 @@ def test_a_corpus_manifest_decides_the_split_and_a_broken_one_is_one_line(tmp_pa
     assert [f.relative_to(tmp_path).as_posix() for f in source.val_files] == [chosen]
     assert len(source.train_files) == 3  # c.png is not in the manifest: a user's addition, trained on
     (tmp_path / "manifest.json").write_text('{"files": [{"file": "a.png"}]}')
-    with pytest.raises(SystemExit, match="not a readable corpus manifest.*training.corpus"):
+    with pytest.raises(UsageError, match="not a readable corpus manifest.*training.corpus"):
         data.load_source(data=str(tmp_path))

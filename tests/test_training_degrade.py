@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from training import degrade
+from training.errors import UsageError
 
 
 def textured(h=96, w=96, seed=0):
@@ -73,7 +74,7 @@ def test_webcam_preset_deterministic_with_untouched_share_byte_equal():
 
 
 def test_unknown_preset_is_a_clear_error():
-    with pytest.raises(SystemExit, match="unknown degradation preset"):
+    with pytest.raises(UsageError, match="unknown degradation preset"):
         degrade.get_preset("nope")
 
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from models.atomic_file import write_atomically
 from training.data import BUILTIN_TRAIN, BUILTIN_VAL, builtin_dir, list_images, read_image, split_names, warn
+from training.errors import UsageError, reported_as_exit
 from training.options import option, parse_options
 
 DEFAULT_PACKAGES = ["mate-backgrounds", "ukui-wallpapers", "lomiri-wallpapers-16.04",
@@ -134,7 +135,7 @@ def download_deb(package: str, debs: Path) -> Path:
     deb = find_deb(package, debs)
     if done.returncode != 0 or deb is None:
         said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        raise SystemExit(f"error: `apt-get download {package}` failed ({said[-1] if said else 'no .deb'}); "
+        raise UsageError(f"`apt-get download {package}` failed ({said[-1] if said else 'no .deb'}); "
                          f"check the name (`apt-cache policy {package}`), run `sudo apt-get update`, "
                          "or leave it out with --packages ... / --skip-packages")
     return deb
@@ -142,10 +143,10 @@ def download_deb(package: str, debs: Path) -> Path:
 
 def require_tools(packages: list[str], debs: Path) -> None:
     if shutil.which("dpkg-deb") is None:
-        raise SystemExit(f"error: dpkg-deb not found, so Debian packages cannot be unpacked; {NO_APT}")
+        raise UsageError(f"dpkg-deb not found, so Debian packages cannot be unpacked; {NO_APT}")
     missing = [p for p in packages if find_deb(p, debs) is None]
     if missing and shutil.which("apt-get") is None:
-        raise SystemExit(f"error: apt-get not found and {debs} has no .deb for {', '.join(missing)}; "
+        raise UsageError(f"apt-get not found and {debs} has no .deb for {', '.join(missing)}; "
                          f"put the .deb files there, or {NO_APT}")
 
 
@@ -157,7 +158,7 @@ def deb_field(deb: Path, name: str) -> Optional[str]:
 def unpack(deb: Path, into: Path) -> None:
     done = subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"error: dpkg-deb cannot unpack {deb} ({done.stderr.strip()[:200]}); "
+        raise UsageError(f"dpkg-deb cannot unpack {deb} ({done.stderr.strip()[:200]}); "
                          "delete it so that it is downloaded again")
 
 
@@ -474,7 +475,7 @@ def name_files(photos: list[Photo]) -> None:
 def write_png(path: Path, image: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise SystemExit(f"error: cannot encode {path.name} as PNG")
+        raise UsageError(f"cannot encode {path.name} as PNG")
     write_atomically(path, data.tobytes())
 
 
@@ -579,21 +580,25 @@ def summary(kept: list[Photo], dropped: list[Photo], out: Path, removed: list[st
 
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # argparse would keep only the last of several --folder flags, silently.
-    if sum(a == "--folder" or a.startswith("--folder=") for a in argv) > 1:
-        raise SystemExit("error: --folder was given more than once; give it once with every folder: --folder A B")
-    opts = parse_options(Options, argv, __doc__.splitlines()[0])
+    with reported_as_exit():
+        # argparse would keep only the last of several --folder flags, silently.
+        if sum(a == "--folder" or a.startswith("--folder=") for a in argv) > 1:
+            raise UsageError("--folder was given more than once; give it once with every folder: --folder A B")
+        return build(parse_options(Options, argv, __doc__.splitlines()[0]))
+
+
+def build(opts: Options) -> dict:
     started = time.monotonic()
     out, debs = Path(opts.out), Path(opts.debs)
     if opts.max_side < 64:
-        raise SystemExit(f"error: --max-side {opts.max_side} is too small; pass at least 64 (default 1280)")
+        raise UsageError(f"--max-side {opts.max_side} is too small; pass at least 64 (default 1280)")
     if not 0 <= opts.val_fraction < 1:
-        raise SystemExit(f"error: --val-fraction {opts.val_fraction} must be in [0, 1)")
+        raise UsageError(f"--val-fraction {opts.val_fraction} must be in [0, 1)")
     if opts.dead_leaves < 0:
-        raise SystemExit("error: --dead-leaves must be 0 or more")
+        raise UsageError("--dead-leaves must be 0 or more")
     sheet = Path(opts.contact_sheet) if opts.contact_sheet else None
     if sheet and out.resolve() in sheet.resolve().parents:
-        raise SystemExit(f"error: --contact-sheet {sheet} is inside --out, where training would read it as a "
+        raise UsageError(f"--contact-sheet {sheet} is inside --out, where training would read it as a "
                          "photo; write it elsewhere")
     packages = [] if opts.skip_packages else list(opts.packages)
     if packages:
@@ -621,7 +626,7 @@ def main(argv=None) -> dict:
         kept.append(Photo("procedural:dead-leaves", "dead-leaves", f"{i:04d}", None, licence="generated",
                           rank=10 ** 6, image=image, original_size=[side, side], preview=resize_to(image, 192)))
     if not kept:
-        raise SystemExit("error: no image was kept; pass --folder DIR with photos (or leave out --skip-packages)")
+        raise UsageError("no image was kept; pass --folder DIR with photos (or leave out --skip-packages)")
     name_files(kept)
     assign_splits(kept, opts.val_fraction)
 

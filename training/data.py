@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from training.degrade import get_preset
+from training.errors import UsageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -74,10 +75,10 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder`` (recursive), sorted; a clear error when there are none."""
     root = Path(folder)
     if not root.is_dir():
-        raise SystemExit(f"error: image folder {str(root)!r} does not exist; pass an existing folder")
+        raise UsageError(f"image folder {str(root)!r} does not exist; pass an existing folder")
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise SystemExit(f"error: no images ({', '.join(IMAGE_EXTENSIONS)}) in {str(root)!r}; "
+        raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {str(root)!r}; "
                          "put images there or pass another folder")
     return files
 
@@ -92,7 +93,7 @@ def builtin_files(split: str) -> list[Path]:
     folder = builtin_dir()
     files = [folder / n for n in names if (folder / n).is_file()]
     if not files:
-        raise SystemExit(f"error: scikit-image's bundled photos are missing from {folder}; "
+        raise UsageError(f"scikit-image's bundled photos are missing from {folder}; "
                          "reinstall scikit-image or pass --data DIR")
     return files
 
@@ -127,7 +128,7 @@ def read_manifest(folder: Path) -> dict | None:
         if not all(entry["split"] in ("train", "val") and isinstance(entry["file"], str) for entry in files):
             raise ValueError("a file entry without a train/val split")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"error: {path} is not a readable corpus manifest ({e}); rebuild it with "
+        raise UsageError(f"{path} is not a readable corpus manifest ({e}); rebuild it with "
                          f"`python -m training.corpus --out {folder}` or remove it") from None
     return manifest
 
@@ -156,7 +157,7 @@ def load_images(files: Sequence[Path], what: str = "images") -> tuple[list[Path]
         examples = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
         warn(f"skipped {len(skipped)} unreadable or corrupt {what} ({examples})")
     if not kept:
-        raise SystemExit(f"error: none of the {len(files)} {what} could be read; check the files")
+        raise UsageError(f"none of the {len(files)} {what} could be read; check the files")
     return [f for f, _ in kept], [im for _, im in kept]
 
 
@@ -366,7 +367,7 @@ def load_source(*, data: str | None = None, paired: Sequence[str] | None = None,
     """Resolve ``--data`` / ``--paired`` / ``--unpaired`` (or the built-in photos) to decoded images."""
     given = [x for x in (data, paired, unpaired) if x]
     if len(given) > 1:
-        raise SystemExit("error: pass only one of --data, --paired and --unpaired")
+        raise UsageError("pass only one of --data, --paired and --unpaired")
     if paired:
         return _load_paired(paired[0], paired[1], val_fraction)
     if unpaired or data:
@@ -404,7 +405,7 @@ def match_pairs(blur_dir: Path, sharp_dir: Path) -> list[tuple[str, Path, Path]]
              f"{len(only_sharp)} in {sharp_dir} without a blurred twin ({some(only_sharp)})")
     common = sorted(set(blur) & set(sharp))
     if not common:
-        raise SystemExit(f"error: no file name appears in both {str(blur_dir)!r} and {str(sharp_dir)!r}; "
+        raise UsageError(f"no file name appears in both {str(blur_dir)!r} and {str(sharp_dir)!r}; "
                          "pairs must share a file name (e.g. blur/0001.png and sharp/0001.png)")
     return [(n, blur[n], sharp[n]) for n in common]
 
@@ -437,7 +438,7 @@ def _load_paired(blur_dir: str, sharp_dir: str, val_fraction: float) -> DataSour
     train_pairs, train_images = _load_pairs([by_name[n] for n in train_names])
     val_pairs, val_images = _load_pairs([by_name[n] for n in val_names])
     if not train_images:
-        raise SystemExit(f"error: no readable pairs in {blur_dir!r} / {sharp_dir!r}; check the files")
+        raise UsageError(f"no readable pairs in {blur_dir!r} / {sharp_dir!r}; check the files")
     describe = {"kind": "paired", "root": [str(blur_dir), str(sharp_dir)],
                 "train": _file_fingerprint([p for _, b, s in train_pairs for p in (b, s)]),
                 "val": _file_fingerprint([p for _, b, s in val_pairs for p in (b, s)])}

@@ -16,6 +16,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from training.errors import UsageError
+
 Image = np.ndarray
 Degradation = Callable[[Image, np.random.Generator], Image]
 
@@ -229,7 +231,7 @@ PRESETS: dict[str, Degradation] = {"webcam": webcam_preset, "harsh": harsh_prese
 
 def get_preset(name: str) -> Degradation:
     if name not in PRESETS:
-        raise SystemExit(f"error: unknown degradation preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise UsageError(f"unknown degradation preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
 
 

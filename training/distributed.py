@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from training.errors import UsageError
+
 
 @dataclass
 class Runtime:
@@ -33,10 +35,10 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA GPU is visible to PyTorch; "
+        raise UsageError("--device cuda but no CUDA GPU is visible to PyTorch; "
                          "use --device cpu (or auto), or install a CUDA build of torch")
     if choice not in ("cpu", "cuda"):
-        raise SystemExit(f"error: --device {choice!r} is not one of cpu, cuda, auto")
+        raise UsageError(f"--device {choice!r} is not one of cpu, cuda, auto")
     return torch.device(choice)
 
 

@@ -37,6 +37,7 @@ from sharpcam.sharpen import UNSHARP_AMOUNT, UNSHARP_SIGMA, unsharp_mask
 from sharpcam.tiling import Tiler
 from training import data as datasets
 from training import degrade, distributed, flicker
+from training.errors import UsageError, reported_as_exit
 from training.options import option, parse_options
 from training.flicker import Restorer  # H×W×3 float RGB [0, 1] -> same
 from training.quality import psnr, ssim
@@ -321,6 +322,11 @@ def before_after_view(image: np.ndarray, seed: int, size: tuple[int, int] = (240
 
 def main(argv=None) -> dict:
     opts = parse_options(Options, argv, __doc__.splitlines()[0])
+    with reported_as_exit():
+        return run(opts)
+
+
+def run(opts: Options) -> dict:
     out = Path(opts.out)
     device = distributed.resolve_device(opts.device)
     notes = []
@@ -329,7 +335,7 @@ def main(argv=None) -> dict:
     source = datasets.load_source(data=opts.data, val_fraction=opts.val_fraction)
     images = source.val_images[:opts.max_images] if opts.max_images else source.val_images
     if not images:
-        raise SystemExit("error: the data has no held-out images (it needs at least two files); "
+        raise UsageError("the data has no held-out images (it needs at least two files); "
                          "pass --data with more images")
     paired_samples = None
     if opts.paired:
@@ -342,16 +348,16 @@ def main(argv=None) -> dict:
     try:
         engine = Engine(opts.student, device="cpu", threads=opts.threads)
     except ModelError as e:
-        raise SystemExit(f"error: {e}; produce one with `python -m training.distill --out DIR`") from None
+        raise UsageError(f"{e}; produce one with `python -m training.distill --out DIR`") from None
     restorers: dict[str, Restorer] = {}
     teacher_path = Path(opts.teacher) if opts.teacher else Path("checkpoints/motion_deblurring.pth")
     if teacher_path.is_file():
         try:
             restorers["teacher"] = torch_restorer(load_restormer(teacher_path, device=device), device)
         except CheckpointError as e:
-            raise SystemExit(f"error: --teacher: {e}") from None
+            raise UsageError(f"--teacher: {e}") from None
     elif opts.teacher:
-        raise SystemExit(f"error: teacher {teacher_path} not found; pass an existing --teacher or leave it out")
+        raise UsageError(f"teacher {teacher_path} not found; pass an existing --teacher or leave it out")
     else:
         notes.append(f"no teacher evaluated ({teacher_path} not found; pass --teacher)")
     student_pt = Path(opts.student_pt) if opts.student_pt else Path(opts.student).with_suffix(".pt")
@@ -359,7 +365,7 @@ def main(argv=None) -> dict:
         try:
             restorers["student_torch"] = torch_restorer(load_student(student_pt, device=device), device)
         except CheckpointError as e:
-            raise SystemExit(f"error: --student-pt: {e}") from None
+            raise UsageError(f"--student-pt: {e}") from None
     else:
         notes.append(f"no PyTorch student evaluated ({student_pt} not found)")
     restorers["student_onnx"] = sharpcam_restorer(engine)
@@ -384,7 +390,7 @@ def main(argv=None) -> dict:
         steadiness = flicker.measure(images, flicker_methods, opts.seed) if opts.flicker else None
     except ModelError as e:
         # The first run of a model is part of checking it (a wrong output shape, say).
-        raise SystemExit(f"error: {opts.student}: {e}") from None
+        raise UsageError(f"{opts.student}: {e}") from None
     speed = measure_speed(engine, opts.speed_repeats) if opts.speed else None
 
     # --- save -------------------------------------------------------------------------
@@ -414,7 +420,7 @@ def main(argv=None) -> dict:
         names = [f.name for f in source.val_files[:len(images)]]
         matches = [i for i, name in enumerate(names) if opts.before_after in name]
         if not matches:
-            raise SystemExit(f"error: --before-after {opts.before_after!r} names no held-out file; "
+            raise UsageError(f"--before-after {opts.before_after!r} names no held-out file; "
                              f"choose one of {', '.join(names)}")
         shown = matches[0]
     degraded, sharp = before_after_view(images[shown], opts.seed)

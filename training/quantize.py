@@ -40,6 +40,7 @@ from models.atomic_file import write_atomically
 from sharpcam.precision import SOURCE_HASH_KEY, file_sha256, int8_sibling
 from training import data as datasets
 from training import evaluate
+from training.errors import reported_as_exit
 from training.options import option, parse_options
 from training.quality import psnr
 
@@ -336,7 +337,8 @@ def main(argv=None):
     if not Path(opts.model).is_file():
         sys.exit(f"training.quantize: error: {opts.model} is not a file (pass the fp32 student .onnx)")
     try:
-        out, settings = quantize_student(opts)
+        with reported_as_exit():
+            out, settings = quantize_student(opts)
     except QuantizeError as e:
         sys.exit(f"training.quantize: error: {e}")
     print(f"kept fp32: {', '.join(settings['kept_fp32']) or 'nothing'}")

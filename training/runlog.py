@@ -15,6 +15,7 @@ import torch
 
 from models.atomic_file import write_atomically
 from models.checkpoint import CheckpointError, load_checkpoint
+from training.errors import UsageError
 
 
 def write_json(path: Path, obj) -> None:
@@ -108,9 +109,9 @@ def resume(last: Path, model, optimizer, scheduler=None, *, what: str, verbose: 
     try:
         ckpt = load_checkpoint(last)
     except CheckpointError as e:
-        raise SystemExit(f"error: cannot resume: {e}") from None
+        raise UsageError(f"cannot resume: {e}") from None
     if ckpt["config"] != model.config:
-        raise SystemExit(f"error: {last} holds a different {what} ({ckpt['config']}); "
+        raise UsageError(f"{last} holds a different {what} ({ckpt['config']}); "
                          "use the same model options or another --out")
     model.load_state_dict(ckpt["state_dict"])
     state = ckpt["train_state"]
