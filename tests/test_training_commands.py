@@ -66,26 +66,36 @@ def test_bad_arguments_exit_with_one_clear_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: image folder")
 
 
-def test_two_process_ddp_on_cpu_completes_and_only_rank0_writes(image_dir, tmp_path):
-    teacher_dir = tmp_path / "t"
-    out = tmp_path / "ddp"
+def test_ddp_ranks_train_on_different_crops_share_one_teacher_cache_and_only_rank0_writes(image_dir, tmp_path):
     from models import RESTORMER_PRESETS, Restormer
     from models.checkpoint import save_checkpoint
     model = Restormer(**RESTORMER_PRESETS["tiny"])
-    save_checkpoint(teacher_dir / "teacher.pt", arch=model.arch, config=model.config,
-                    state_dict=model.state_dict())
+    teacher = save_checkpoint(tmp_path / "teacher.pt", arch=model.arch, config=model.config,
+                              state_dict=model.state_dict())
+    args = ["--teacher", str(teacher), "--data", str(image_dir), "--crop", "64", "--batch-size", "2",
+            "--crops-per-image", "2", "--max-steps", "3", "--device", "cpu", "--log-every", "1",
+            "--teacher-cache", str(tmp_path / "cache"), "--cache-pool", "8"]
+    out = tmp_path / "ddp"
     proc = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training.distill",
-                   "--teacher", str(teacher_dir / "teacher.pt"), "--data", str(image_dir), "--out", str(out),
-                   "--crop", "64", "--batch-size", "2", "--crops-per-image", "2", "--max-steps", "3",
-                   "--device", "cpu", "--log-every", "1")
+                   "--out", str(out), *args)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["last.pt", "student.pt", "student.onnx", "metrics.json", "log.jsonl", "loss.png"])
     records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
-    train_steps = [r["step"] for r in records if r["kind"] == "train"]
-    assert train_steps == [1, 2, 3]  # one writer: no step logged twice
+    ddp = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in ddp] == [1, 2, 3]  # one writer: no step logged twice
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 3
-    assert proc.stderr.count("wrote ") == 1
+    assert proc.stderr.count("wrote ") == 1 and proc.stderr.count("teacher cache miss") == 1
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+    # One process on the same cache starts from the same first batch as rank 0. The untrained
+    # student is the identity, so the first loss depends on the data alone: DDP's loss, the
+    # mean over both ranks, equals it only if rank 1 trained on rank 0's crops.
+    single = run_cli("-m", "training.distill", "--out", str(tmp_path / "single"), *args)
+    assert "teacher cache hit" in single.stderr
+    first = json.loads((tmp_path / "single" / "log.jsonl").read_text().splitlines()[0])
+    assert first["kind"] == "train" and first["step"] == 1
+    assert abs(ddp[0]["loss"] - first["loss"]) > 1e-4
 
 
 def test_identity_restorer_scores_exactly_the_input():
@@ -111,17 +121,6 @@ def test_report_markdown_has_every_preset_and_baseline():
                                                  "720p_whole_frame_ms": 50.0}), threads=2, notes=["n"])
     md = evaluate.report_markdown(report)
     assert "| seed |" in md and "unsharp mask" in md and "20.0 frames/s" in md
-
-
-def test_two_process_ddp_teacher_on_cpu(image_dir, tmp_path):
-    out = tmp_path / "teacher"
-    run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training.teacher",
-            "--preset", "tiny", "--data", str(image_dir), "--out", str(out), "--crop", "32", "--batch-size", "2",
-            "--crops-per-image", "2", "--max-steps", "2", "--device", "cpu", "--log-every", "1")
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["steps"] == 2
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["last.pt", "teacher.pt", "metrics.json", "log.jsonl", "loss.png"])
 
 
 @pytest.mark.parametrize("given,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])

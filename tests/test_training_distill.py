@@ -186,6 +186,33 @@ def test_teacher_trains_resumes_exactly_and_loads_as_teacher(image_dir, tmp_path
     assert json.loads((straight / "metrics.json").read_text())["steps"] == 4
 
 
+def test_teacher_trains_each_progressive_stage_on_its_own_patch_and_batch(image_dir, tmp_path):
+    # --crop 32, batch 2: the 16×16 stage takes 8 crops a batch, so pixels per batch stay the same.
+    teacher.main(teacher_args(image_dir, tmp_path / "run", "--progressive", "16", "32", "--steps", "4"))
+    trained = [(r["step"], r["crop"], r["batch"]) for r in train_records(tmp_path / "run")]
+    assert trained == [(1, 16, 8), (2, 16, 8), (3, 32, 2), (4, 32, 2)]
+
+
+class KeyDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, key):
+        return (torch.tensor(key),)
+
+
+def test_ddp_ranks_draw_disjoint_shares_and_resume_mid_epoch():
+    from training import distributed, loop
+    stage = loop.Stage(first_step=0, end_step=3, dataset=KeyDataset(), batch_size=2, seed=0, workers=0)
+
+    def keys(rank, step=0):
+        runtime = distributed.Runtime(torch.device("cpu"), rank=rank, world=2)
+        return [int(k) for (batch,) in loop.stage_loader(stage, step, runtime, runtime.device) for k in batch]
+    first, second = keys(0), keys(1)
+    assert len(first) == len(second) == 6 and not set(first) & set(second)
+    assert keys(1, step=1) == second[2:]  # resuming after one step skips exactly that batch
+
+
 def test_teacher_progressive_stages_and_schedule():
     opts = teacher.Options(steps=200, progressive=[32, 64], crop=64, batch_size=4, warmup=10)
     assert teacher.stages(opts) == [(0, 32, 16), (100, 64, 4)]

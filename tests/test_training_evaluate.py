@@ -95,3 +95,51 @@ def test_progress_advances_once_per_image_and_row():
     ticks = []
     evaluate.evaluate_rows(images, 0, 0, {}, ["clean", "gaussian", "jpeg"], ticks.append)
     assert sum(ticks) == 3 * 3
+
+
+def red_only_model(path):
+    """Keeps the red channel (the engine's input is RGB) and zeroes green and blue."""
+    import conftest
+    return conftest.build_mapping_model(path, lambda helper, nh: (
+        [helper.make_node("Mul", ["image", "keep"], ["sharpened"])],
+        [nh.from_array(np.array([1, 0, 0], np.float32).reshape(1, 3, 1, 1), "keep")]))
+
+
+def test_the_onnx_column_feeds_the_engine_rgb_as_sharpcam_does(tmp_path):
+    from sharpcam.engine import Engine
+    image = photo_like(64, 96)
+    with Engine(str(red_only_model(tmp_path / "red.onnx")), device="cpu", threads=1) as engine:
+        out = evaluate.sharpcam_restorer(engine)(image)
+    np.testing.assert_allclose(out[..., 0], image[..., 0], atol=1 / 255)
+    assert np.abs(out[..., 1:]).max() == 0
+
+
+class PixelClockEngine:
+    """A stand-in engine whose every run advances a fake clock by one millisecond per
+    thousand pixels, so the speed table's arithmetic is checked without timing anything."""
+    receptive_radius, size_multiple = 8, 16
+
+    def __init__(self):
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self, batch):
+        self.now += batch.shape[0] * batch.shape[2] * batch.shape[3] / 1e6
+        return batch
+
+
+def test_speed_table_is_the_median_time_per_tile_and_frame(monkeypatch):
+    from sharpcam.tiling import Tiler
+    engine = PixelClockEngine()
+    monkeypatch.setattr(evaluate.time, "perf_counter", engine.clock)
+    speed = evaluate.measure_speed(engine, repeats=3)
+    assert speed["tile_256_ms"] == pytest.approx(256 * 256 / 1000)
+    for name, tile in (("tiled_256", 256), ("whole_frame", 0)):
+        tiler = Tiler(720, 1280, tile=tile, receptive_radius=8, size_multiple=16)
+        batch = tiler.to_batch(np.zeros((720, 1280, 3), np.uint8))
+        assert speed[f"720p_{name}_ms"] == pytest.approx(batch.shape[0] * batch.shape[2] * batch.shape[3] / 1000)
+    # Overlapping tiles compute more pixels than the whole frame, so the whole frame wins.
+    assert speed["720p_tiled_256_ms"] > speed["720p_whole_frame_ms"]
+    assert speed["720p_fps"] == pytest.approx(1000 / speed["720p_whole_frame_ms"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -72,7 +72,6 @@ class Stage:
     seed: int
     workers: int
     name: str = ""  # announced when the stage starts, e.g. "128×128 crops"
-    logged: dict = field(default_factory=dict)  # added to every training log record, e.g. the patch size
 
     def steps_per_epoch(self, world: int) -> int:
         return datasets.RunSampler(len(self.dataset), self.seed, self.batch_size, world=world).batches_per_epoch
@@ -277,11 +276,14 @@ def train(opts: LoopOptions, runtime: distributed.Runtime, *, command: str, weig
             rate = samples_seen / max(1e-9, time.time() - started)
             bar.set_postfix(loss=f"{losses['loss'].item():.4f}", samples_s=f"{rate:.1f}", refresh=False)
             bar.update(1)
-            if main_process and (step % opts.log_every == 0 or step == total_steps or step == 1):
-                log.write(kind="train", step=step, epoch=epoch_of(stage, step),
-                          **{k: v / logged for k, v in sums.items()}, samples_per_s=rate,
-                          lr=optimizer.param_groups[0]["lr"], batch=stage.batch_size * runtime.world,
-                          **stage.logged)
+            if step % opts.log_every == 0 or step == total_steps or step == 1:
+                # Every rank takes part in the mean; under DDP the logged loss is that of
+                # the whole batch, not of rank 0's share.
+                means = {k: distributed.mean_over_ranks(v / logged, runtime) for k, v in sums.items()}
+                if main_process:
+                    log.write(kind="train", step=step, epoch=epoch_of(stage, step), **means, samples_per_s=rate,
+                              lr=optimizer.param_groups[0]["lr"], batch=batch[0].shape[0] * runtime.world,
+                              crop=batch[0].shape[-1])
                 sums, logged = {}, 0
             if step % (opts.eval_every or stage.steps_per_epoch(runtime.world)) == 0 and step != total_steps:
                 validate(model, validation, log, step, epoch_of(stage, step), opts.batch_size, device, bf16)

@@ -84,7 +84,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
                                        crops_per_image=opts.crops_per_image, resize=opts.resize)
         train_stages.append(loop.Stage(first_step=first, end_step=min(end, total_steps), dataset=crops,
                                        batch_size=batch_size, seed=opts.seed + 1000 * i, workers=workers,
-                                       name=f"{patch}×{patch} crops", logged=dict(patch=patch)))
+                                       name=f"{patch}×{patch} crops"))
 
     # --- model ------------------------------------------------------------------------
     if opts.init:
