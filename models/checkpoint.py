@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from models.atomic_file import write_atomically
+from sharpcam.atomic_file import write_atomically
 from models.restormer import Restormer, restormer_config_from_state_dict
 from models.student import ResidualUNet
 

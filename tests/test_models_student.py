@@ -165,3 +165,17 @@ def test_features_reach_the_head_at_their_scale(preset):
     with torch.no_grad():
         model(x)
     assert seen["x"].abs().mean() > 0.5
+
+
+def test_python_m_models_lists_every_network_with_its_parameters_and_compute(capsys):
+    from models.__main__ import main
+    main()
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line[:30].strip(): [float(v.replace(",", "")) for v in line[30:].split()] for line in lines[1:]}
+    assert set(rows) == {f"student {name}" for name in STUDENT_PRESETS} | {"teacher restormer (released)"}
+    for name in STUDENT_PRESETS:
+        params, tile, frame = rows[f"student {name}"]
+        assert params == sum(p.numel() for p in build_student(name).parameters())
+        # Convolutions only: the compute of a 720p frame is that of 14 tiles' worth of pixels.
+        assert frame == pytest.approx(tile * 1280 * 720 / 256 ** 2, rel=0.02)
+    assert rows["student realtime"][2] < 3  # the CPU budget the test above checks in detail

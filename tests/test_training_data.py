@@ -96,13 +96,16 @@ def test_synthetic_samples_are_deterministic_per_key_and_cropped(tmp_path):
     assert not torch.equal(ds[3][1], ds[4][1])
 
 
-def test_epoch_sampler_shards_and_skips_for_resume():
-    full = data.EpochSampler(10, epoch=2, seed=0).keys()
+def test_run_sampler_shards_epochs_over_ranks_and_skips_for_resume():
+    full = list(data.RunSampler(10, 0, 2, start_epoch=2, end_epoch=3))
     assert sorted(k - 20 for k in full) == list(range(10))
-    r0 = data.EpochSampler(10, 2, 0, rank=0, world=2).keys()
-    r1 = data.EpochSampler(10, 2, 0, rank=1, world=2).keys()
+    r0 = list(data.RunSampler(10, 0, 1, rank=0, world=2, start_epoch=2, end_epoch=3))
+    r1 = list(data.RunSampler(10, 0, 1, rank=1, world=2, start_epoch=2, end_epoch=3))
     assert set(r0).isdisjoint(r1) and len(r0) == len(r1) == 5
-    assert data.EpochSampler(10, 2, 0, skip=4).keys() == full[4:]
+    assert list(data.RunSampler(10, 0, 2, start_epoch=2, end_epoch=3, skip_batches=2)) == full[4:]
+    two = list(data.RunSampler(10, 0, 2, start_epoch=2, end_epoch=4))
+    assert two[:10] == full and sorted(k - 30 for k in two[10:]) == list(range(10)) and two[10:] != [
+        k + 10 for k in full]  # the next epoch is shuffled afresh
 
 
 def test_unpaired_samples_have_no_target(tmp_path):

@@ -40,7 +40,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from models.atomic_file import write_atomically
+from sharpcam.atomic_file import write_atomically
 from training.data import BUILTIN_TRAIN, BUILTIN_VAL, builtin_dir, list_images, read_image, split_names, warn
 from training.errors import UsageError, reported_as_exit
 from training.options import option, parse_options

@@ -9,7 +9,7 @@ Three sources, one shape of sample — a tuple of C×H×W float tensors in [0, 1
 
 Randomness is keyed by (seed, sample key), never by worker or process state, so a
 sample is the same whichever DataLoader worker or DDP rank draws it, and a resumed
-run sees exactly the data it would have seen. ``EpochSampler`` hands out keys
+run sees exactly the data it would have seen. ``RunSampler`` hands out keys
 ``epoch * len(dataset) + index``.
 
 The split into train and validation is by file: a hash of each file's relative
@@ -315,33 +315,12 @@ class CropPool(Dataset):
         return tuple(out)
 
 
-class EpochSampler(Sampler):
-    """Shuffled keys ``epoch * n + index`` for one epoch, sharded over DDP ranks.
-
-    ``skip`` drops the first samples of this rank's share — how a resumed run
-    continues mid-epoch with exactly the batches it had not yet seen.
-    """
-
-    def __init__(self, n: int, epoch: int, seed: int, rank: int = 0, world: int = 1,
-                 skip: int = 0, shuffle: bool = True):
-        self.n, self.epoch, self.seed, self.rank, self.world = n, epoch, seed, rank, world
-        self.skip, self.shuffle = skip, shuffle
-
-    def keys(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        per_rank = self.n // self.world  # equal shares keep DDP ranks in lock-step
-        mine = order[self.rank * per_rank:(self.rank + 1) * per_rank]
-        return [self.epoch * self.n + i for i in mine[self.skip:]]
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return max(0, self.n // self.world - self.skip)
+def epoch_keys(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """This rank's share of one shuffled epoch, as keys ``epoch * n + index``."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    per_rank = n // world  # equal shares keep DDP ranks in lock-step
+    return [epoch * n + i for i in order[rank * per_rank:(rank + 1) * per_rank]]
 
 
 # --- building the data a command asked for -------------------------------------------
@@ -496,7 +475,7 @@ class RunSampler(Sampler):
     def __iter__(self):
         per_epoch = self.batches_per_epoch * self.batch_size
         for epoch in range(self.start_epoch, self.end_epoch):
-            keys = EpochSampler(self.n, epoch, self.seed, self.rank, self.world).keys()[:per_epoch]
+            keys = epoch_keys(self.n, epoch, self.seed, self.rank, self.world)[:per_epoch]
             if epoch == self.start_epoch:
                 keys = keys[self.skip_batches * self.batch_size:]
             yield from keys

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from models import CheckpointError, load_restormer, load_student
-from models.atomic_file import write_atomically
+from sharpcam.atomic_file import write_atomically
 from sharpcam.engine import Engine, ModelError
 from sharpcam.sharpen import UNSHARP_AMOUNT, UNSHARP_SIGMA, unsharp_mask
 from sharpcam.tiling import Tiler

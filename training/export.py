@@ -10,12 +10,11 @@ real photograph and fails if max |torch − onnx| exceeds 1e-4.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,8 @@ import onnx
 import torch
 
 from models import CheckpointError, ResidualUNet, load_checkpoint
-from models.atomic_file import write_atomically
+from sharpcam.atomic_file import write_atomically
+from training.options import option, parse_options
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -111,17 +111,14 @@ def export_student(model, onnx_path, *, meta: dict | None = None,
 
 
 @dataclass
-class ExportOptions:
-    checkpoint: str
-    output: str = "student.onnx"
+class Options:
+    """Export a trained student to the ONNX file sharpcam runs."""
+    checkpoint: str = option(MISSING, "a student checkpoint (student.pt) from training.distill", positional=True)
+    output: str = option("student.onnx", "ONNX file to write", short="-o")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", help="a student checkpoint (student.pt) from training.distill")
-    parser.add_argument("-o", "--output", default=ExportOptions.output, help="ONNX file to write")
-    options = ExportOptions(**vars(parser.parse_args(argv)))
-
+    options = parse_options(Options, argv, __doc__.splitlines()[0])
     try:
         payload = load_checkpoint(options.checkpoint)
     except CheckpointError as e:

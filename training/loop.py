@@ -77,6 +77,7 @@ class Stage:
         return datasets.RunSampler(len(self.dataset), self.seed, self.batch_size, world=world).batches_per_epoch
 
 
+
 @dataclass
 class Objective:
     """loss = α · L1(prediction, sharp) + β · L1(prediction, teacher label).
@@ -230,8 +231,9 @@ def stage_loader(stage: Stage, step: int, runtime: distributed.Runtime,
 
 
 def train(opts: LoopOptions, runtime: distributed.Runtime, *, command: str, weights_name: str,
-          model: torch.nn.Module, model_name: str, optimizer: torch.optim.Optimizer, scheduler, stages: list[Stage],
-          objective: Objective, validation: Optional[Validation], bf16: bool, meta: dict) -> Outcome:
+          model: torch.nn.Module, model_name: str, optimizer: torch.optim.Optimizer, scheduler,
+          stages: list[Stage], objective: Objective, validation: Optional[Validation], bf16: bool,
+          meta: dict) -> Outcome:
     device, main_process, out = runtime.device, runtime.is_main, Path(opts.out)
     total_steps = stages[-1].end_step
     step = (runlog.resume(out / "last.pt", model, optimizer, scheduler, what=model_name,
@@ -242,9 +244,6 @@ def train(opts: LoopOptions, runtime: distributed.Runtime, *, command: str, weig
     if runtime.distributed:
         network = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[runtime.local_rank] if device.type == "cuda" else None)
-
-    def epoch_of(stage: Stage, at: int) -> float:
-        return (at - stage.first_step) / stage.steps_per_epoch(runtime.world)
 
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc=command, unit="step", disable=not main_process,
@@ -257,6 +256,8 @@ def train(opts: LoopOptions, runtime: distributed.Runtime, *, command: str, weig
         if main_process and len(stages) > 1:
             tqdm.write(f"stage {index + 1}/{len(stages)}: {stage.name}, batch {stage.batch_size}",
                        file=sys.stderr)
+        per_epoch = stage.steps_per_epoch(runtime.world)
+        validate_every = opts.eval_every or per_epoch  # 0: at the end of every epoch
         for batch in stage_loader(stage, step, runtime, device):
             if step >= stage.end_step or stop.requested():
                 break
@@ -270,6 +271,7 @@ def train(opts: LoopOptions, runtime: distributed.Runtime, *, command: str, weig
             optimizer.step()
             scheduler.step()
             step += 1
+            epoch = (step - stage.first_step) / per_epoch
             samples_seen += batch[0].shape[0] * runtime.world
             sums = {k: sums.get(k, 0.0) + v.item() for k, v in losses.items()}
             logged += 1
@@ -281,12 +283,12 @@ def train(opts: LoopOptions, runtime: distributed.Runtime, *, command: str, weig
                 # the whole batch, not of rank 0's share.
                 means = {k: distributed.mean_over_ranks(v / logged, runtime) for k, v in sums.items()}
                 if main_process:
-                    log.write(kind="train", step=step, epoch=epoch_of(stage, step), **means, samples_per_s=rate,
+                    log.write(kind="train", step=step, epoch=epoch, **means, samples_per_s=rate,
                               lr=optimizer.param_groups[0]["lr"], batch=batch[0].shape[0] * runtime.world,
                               crop=batch[0].shape[-1])
                 sums, logged = {}, 0
-            if step % (opts.eval_every or stage.steps_per_epoch(runtime.world)) == 0 and step != total_steps:
-                validate(model, validation, log, step, epoch_of(stage, step), opts.batch_size, device, bf16)
+            if step % validate_every == 0 and step != total_steps:
+                validate(model, validation, log, step, epoch, opts.batch_size, device, bf16)
             if main_process and step % opts.ckpt_every == 0 and step != total_steps:
                 save(out, weights_name, model, optimizer, scheduler, step, meta)
     bar.close()
@@ -296,7 +298,10 @@ def train(opts: LoopOptions, runtime: distributed.Runtime, *, command: str, weig
             save(out, weights_name, model, optimizer, scheduler, step, meta)
         raise TrainingStopped(f"stopped at step {step}: {out / 'last.pt'} saved; continue with --resume")
 
-    final = validate(model, validation, log, step, epoch_of(stages[-1], step), opts.batch_size, device, bf16)
+    last_stage = stages[-1]
+    final = validate(model, validation, log, step,
+                     (step - last_stage.first_step) / last_stage.steps_per_epoch(runtime.world), opts.batch_size,
+                     device, bf16)
     if main_process:
         save(out, weights_name, model, optimizer, scheduler, step, meta)
     elapsed = time.time() - started

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 
 
@@ -21,9 +22,16 @@ def _base_type(tp):
     return tp
 
 
+def command_name(cls) -> str:
+    """``python -m training.distill`` for the class's module, also when it runs as __main__."""
+    module = sys.modules.get(cls.__module__)
+    spec = getattr(module, "__spec__", None)
+    return f"python -m {spec.name if spec is not None else cls.__module__}"
+
+
 def parse_options(cls, argv=None, description: str | None = None):
     hints = typing.get_type_hints(cls)
-    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip(),
+    parser = argparse.ArgumentParser(prog=command_name(cls), description=description or (cls.__doc__ or "").strip(),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for field in dataclasses.fields(cls):
         flags = ["--" + field.name.replace("_", "-")]

@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from models.atomic_file import write_atomically
+from sharpcam.atomic_file import write_atomically
 from sharpcam.precision import SOURCE_HASH_KEY, file_sha256, int8_sibling
 from training import data as datasets
 from training import evaluate

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.atomic_file import write_atomically
+from sharpcam.atomic_file import write_atomically
 from models.checkpoint import CheckpointError, load_checkpoint
 from training.errors import UsageError
 

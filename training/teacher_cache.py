@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from models.atomic_file import write_atomically
+from sharpcam.atomic_file import write_atomically
 
 
 def file_digest(path: Path) -> str:

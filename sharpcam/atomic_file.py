@@ -1,6 +1,7 @@
 """Atomic file writes: the data goes to a temporary file beside the target, is flushed to
-disk, then renamed over it, so an interrupted write never leaves a half-written checkpoint,
-model or report where a complete one was (or is expected)."""
+disk, then renamed over it, so an interrupted write never leaves a half-written file where
+a complete one was (or is expected). Here, in the torch-free package, so the runtime's saved
+frames and the training side's checkpoints, models and reports share one implementation."""
 
 from __future__ import annotations
 
