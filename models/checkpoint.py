@@ -9,10 +9,13 @@ checkpoints from the internet are untrusted.
 from __future__ import annotations
 
 import io
+import json
 import pickle
 from pathlib import Path
 
+import onnx
 import torch
+from onnx import numpy_helper
 
 from sharpcam.atomic_file import write_atomically
 from models.restormer import Restormer, restormer_config_from_state_dict
@@ -118,11 +121,33 @@ def load_restormer(path, device="cpu") -> Restormer:
     return model.to(device).eval()
 
 
+def student_weights_from_onnx(path) -> tuple[dict, dict]:
+    """(state dict, config) read back from a student exported by training.export: the
+    configuration is in the file's metadata and every parameter is an initializer under
+    its PyTorch name, so the shipped model can be fine-tuned without a .pt beside it."""
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # protobuf reports damage in many ways
+        raise CheckpointError(f"{path} is not a readable ONNX file ({type(e).__name__})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("sharpcam.arch") != ResidualUNet.arch or "sharpcam.config" not in meta:
+        raise CheckpointError(f"{path} is not a SharpCam student (no sharpcam.arch/sharpcam.config "
+                              "metadata); export one with `python -m training.export`")
+    state_dict = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer}
+    return state_dict, json.loads(meta["sharpcam.config"])
+
+
 def load_student(path, device="cpu") -> ResidualUNet:
-    """The Residual UNet student in eval mode from a SharpCam checkpoint."""
-    payload = load_checkpoint(path)
-    state_dict, config = _state_dict_of(payload, path, ResidualUNet.arch)
-    model = ResidualUNet(**config)
+    """The Residual UNet student in eval mode from a SharpCam checkpoint (.pt) or from the
+    ONNX file that sharpcam runs (.onnx)."""
+    if Path(path).suffix.lower() == ".onnx":
+        everything, config = student_weights_from_onnx(path)
+        model = ResidualUNet(**config)
+        # Any other initializer is a constant the exporter kept, not a parameter.
+        state_dict = {k: v for k, v in everything.items() if k in model.state_dict()}
+    else:
+        state_dict, config = _state_dict_of(load_checkpoint(path), path, ResidualUNet.arch)
+        model = ResidualUNet(**config)
     _check_keys(model, state_dict, path, ResidualUNet.arch)
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval()

@@ -334,3 +334,26 @@ def test_crop_pool_degrades_once_and_flips_afresh_per_key(image_dir, monkeypatch
     for v in views:
         assert torch.equal(v.flatten().sort().values, first[1].flatten().sort().values)
         assert v.dtype == torch.float32 and 0 <= v.min() and v.max() <= 1
+
+
+def test_init_from_the_shipped_onnx_reproduces_its_outputs_before_any_step(image_dir, tmp_path):
+    import onnxruntime as ort
+    from sharpcam import DEFAULT_MODEL
+    photo = datasets.to_tensor(cv2.cvtColor(cv2.imread(str(next(image_dir.glob("*.png")))),
+                                            cv2.COLOR_BGR2RGB).astype(np.float32) / 255)[None].numpy()
+
+    def run(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"image": photo})[0]
+    shipped = run(DEFAULT_MODEL)
+    torch_out = load_student(DEFAULT_MODEL)(torch.from_numpy(photo)).detach().numpy()
+    np.testing.assert_allclose(torch_out, shipped, atol=1e-5)
+    # A learning rate of 0 leaves the weights as they were: the fine-tune's export is the shipped model.
+    distill.main(["--data", str(image_dir), "--out", str(tmp_path / "o"), "--crop", "64", "--batch-size", "2",
+                  "--device", "cpu", "--beta", "0", "--max-steps", "1", "--lr", "0", "--init", "shipped"])
+    np.testing.assert_allclose(run(tmp_path / "o" / "student.onnx"), shipped, atol=1e-5)
+    with pytest.raises(SystemExit, match="error: --init: .*not a SharpCam student"):
+        bad = tmp_path / "plain.onnx"
+        import conftest
+        conftest.nan_model(bad)
+        distill.main(["--data", str(image_dir), "--out", str(tmp_path / "x"), "--beta", "0", "--init", str(bad)])

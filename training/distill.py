@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models import CheckpointError, build_student, load_restormer, STUDENT_PRESETS
+from models import CheckpointError, STUDENT_PRESETS, build_student, load_restormer, load_student
+from sharpcam import DEFAULT_MODEL
 from training import data as datasets
 from training import distributed, loop, teacher_cache
 from training.errors import UsageError
@@ -49,6 +50,9 @@ class Options(loop.LoopOptions):
     student: str = option("realtime", "student preset", choices=sorted(STUDENT_PRESETS))
     student_config: Optional[str] = option(None, "JSON overrides of the preset's configuration, "
                                            "e.g. '{\"widths\": [16, 32, 64]}' (design sweeps)")
+    init: Optional[str] = option(None, "fine-tune this student instead of starting afresh: a student.pt, a "
+                                 "student .onnx, or 'shipped' for the one sharpcam ships; its "
+                                 "configuration replaces --student")
     unpaired: Optional[str] = option(None, "frames with no sharp reference: teacher labels only (α 0, β 1)")
     crop: Optional[int] = option(None, "training crop size, multiple of 32 (default: 256 on CUDA, 128 on CPU)")
     pool: int = option(0, "pre-degrade this many crops once and reuse them every epoch, flipped and "
@@ -92,6 +96,12 @@ def lr_factor(step: int, total_steps: int, opts: Options) -> float:
 
 
 def build_student_from_options(opts: Options) -> torch.nn.Module:
+    if opts.init:
+        path = DEFAULT_MODEL if opts.init == "shipped" else opts.init
+        try:
+            return load_student(path).train()
+        except CheckpointError as e:
+            raise UsageError(f"--init: {e}") from None
     overrides = {}
     if opts.student_config:
         try:
@@ -197,8 +207,8 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         check = next((im for im in source.val_images if isinstance(im, np.ndarray)
                       and im.shape[0] >= 64 and im.shape[1] >= 96), None)
         final = outcome.final
-        onnx_meta = dict(command="distill", step=outcome.steps, teacher=teacher_name, data=source.kind,
-                         degradation=opts.degradation, alpha=alpha, beta=beta,
+        onnx_meta = dict(command="distill", step=outcome.steps, init=opts.init, teacher=teacher_name,
+                         data=source.kind, degradation=opts.degradation, alpha=alpha, beta=beta,
                          val_psnr=final["psnr"] if final else None, val_ssim=final["ssim"] if final else None)
         try:
             onnx_diff = export_student(student.cpu(), out / "student.onnx", meta=onnx_meta, check_image=check)
