@@ -21,16 +21,35 @@ SIZES = ((640, 480), (1280, 720), (1920, 1080))
 class _RepeatSource:
     """Hands out two frames in turn forever, so only the pipeline's own work is timed;
     two, because the sharpener skips the model for a frame identical to the one before."""
-    self_paced, finite, live, fps = False, False, False, 30.0
+    self_paced, finite, frame_count, live, fps = False, False, 0, False, 30.0
 
     def __init__(self, frames):
         self.frames = frames
         self.height, self.width = frames[0].shape[:2]
         self.index = 0
 
+    def open(self) -> "_RepeatSource":
+        return self
+
     def read(self):
         self.index += 1
         return self.frames[self.index % len(self.frames)]
+
+    def reopen(self) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return f"two {self.width}x{self.height} frames in turn"
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
 
 
 class _CopySink:
@@ -39,10 +58,26 @@ class _CopySink:
     def __init__(self):
         self.buffer = None
 
+    def open(self) -> "_CopySink":
+        return self
+
     def send(self, frame):
         if self.buffer is None or self.buffer.shape != frame.shape:
             self.buffer = np.empty_like(frame)
         np.copyto(self.buffer, frame)
+
+    def describe(self) -> str:
+        return "a frame buffer in memory"
+
+    def close(self) -> None:
+        self.buffer = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
 
 
 class _UnsharpSharpener:

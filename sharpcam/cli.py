@@ -332,7 +332,7 @@ def run(args) -> int:
             note(HOTKEY_HELP)
         if file_mode:
             # A looping file has no end of its own: only --max-frames makes a total.
-            total = 0 if args.loop else (getattr(source, "frame_count", 0) or 0)
+            total = 0 if args.loop else source.frame_count
             if max_frames:
                 total = min(total, max_frames) if total else max_frames
             try:

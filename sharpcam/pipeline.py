@@ -22,6 +22,8 @@ import numpy as np
 
 from .controls import Controls
 from .sharpen import Sharpener
+from .sinks import KeySink, Sink
+from .sources import Source
 
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0, 5.0)
 LOST_NOTE = "camera lost - reconnecting"
@@ -207,13 +209,14 @@ class Pipeline:
     (an Event's wait, so stopping interrupts it); tests inject their own.
     """
 
-    def __init__(self, source, sharpener: Sharpener, controls: Controls, sinks: Sequence, *,
+    def __init__(self, source: Source, sharpener: Sharpener, controls: Controls, sinks: Sequence[Sink], *,
                  status: Optional[StatusLine] = None, max_frames: Optional[int] = None,
                  reconnect_delays: Sequence[float] = RECONNECT_DELAYS):
         self.source = source
         self.sharpener = sharpener
         self.controls = controls
         self.sinks = list(sinks)
+        self._key_sinks = [sink for sink in self.sinks if isinstance(sink, KeySink)]
         self.status = status
         self.max_frames = max_frames
         self.reconnect_delays = tuple(reconnect_delays)
@@ -397,8 +400,5 @@ class Pipeline:
         return self.summary
 
     def _poll_idle_sinks(self) -> None:
-        # A preview must keep handling keys even while no frame arrives.
-        for sink in self.sinks:
-            poll = getattr(sink, "poll_keys", None)
-            if poll is not None:
-                poll()
+        for sink in self._key_sinks:
+            sink.poll_keys()

@@ -1,4 +1,4 @@
-"""Frame sinks: the virtual camera, a preview window and a video file.
+"""Frame sinks: their contract (``Sink``), the virtual camera, a preview window and a video file.
 
 Each sink takes BGR uint8 H×W×3 frames through ``send(frame)`` and is used
 as a context manager.  This module also owns the checks that must happen
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -29,6 +29,42 @@ class SinkError(Exception):
 
 class VirtualCameraUnavailable(SinkError):
     """No virtual-camera backend could be opened on this machine."""
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where the pipeline sends frames; every sink in this module is one.
+
+    Written for readers and type checkers, as pyvirtualcam's ``Backend`` is: nothing
+    inherits from it. A sink is made for one frame size and rate; ``open()`` acquires the
+    device, window or file and returns the sink (``with sink:`` opens it and always closes
+    it), and ``close()`` releases it and may be called again.
+    """
+
+    def open(self) -> "Sink":
+        """Acquire the device, window or file; raises SinkError saying what to do."""
+
+    def send(self, frame: np.ndarray) -> None:
+        """Take one BGR uint8 H×W×3 frame of the size the sink was made for."""
+
+    def describe(self) -> str:
+        """One line for the user: where the frames go."""
+
+    def close(self) -> None:
+        """Release what ``open`` acquired; harmless when closed already."""
+
+    def __enter__(self) -> "Sink": ...
+
+    def __exit__(self, *exc) -> Optional[bool]: ...
+
+
+@runtime_checkable
+class KeySink(Protocol):
+    """A sink that also takes key presses (the preview window). Its keys and its close
+    button are only handled while it is polled, so the pipeline calls ``poll_keys()``
+    whenever no new frame comes to send (a lost camera, a paused source)."""
+
+    def poll_keys(self) -> None: ...
 
 
 def virtual_camera_guidance(system: Optional[str] = None) -> str:

@@ -1,4 +1,4 @@
-"""Frame sources: a webcam, a video file, and the built-in demo.
+"""Frame sources: their contract (``Source``), a webcam, a video file, and the built-in demo.
 
 Every source yields BGR uint8 H×W×3 frames through ``read()``, which returns
 ``None`` when no frame could be had (camera unplugged, end of file).  Sources
@@ -12,7 +12,7 @@ import glob
 import math
 import os
 import platform
-from typing import Optional, Union
+from typing import Optional, Protocol, Union, runtime_checkable
 
 import cv2
 import numpy as np
@@ -23,6 +23,46 @@ from .quiet import quiet_native_logs
 
 class SourceError(Exception):
     """A source cannot be opened; the message says what to do."""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the pipeline reads frames from; every source in this module is one.
+
+    Written for readers and type checkers, as pyvirtualcam's ``Backend`` is: nothing
+    inherits from it. ``open()`` acquires the camera or file and returns the source (``with
+    source:`` opens it and always closes it); ``close()`` releases it and may be called again.
+    Once open, ``width``, ``height`` and ``fps`` are what the source really delivers.
+    """
+
+    width: int
+    height: int
+    fps: float
+    #: ``read()`` blocks until the next frame arrives (a camera); otherwise the caller paces it.
+    self_paced: bool
+    #: The source ends by itself (a file played once); an endless one that returns None is lost.
+    finite: bool
+    #: Frames a finite source holds, when it says; 0 when unknown or endless.
+    frame_count: int
+
+    def open(self) -> "Source":
+        """Acquire the device or file; raises SourceError saying what to do."""
+
+    def read(self) -> Optional[np.ndarray]:
+        """The next BGR uint8 H×W×3 frame, or None when none could be had."""
+
+    def reopen(self) -> bool:
+        """One attempt to get a lost source back; whether it worked."""
+
+    def describe(self) -> str:
+        """One line for the user: what is read, at what size and rate."""
+
+    def close(self) -> None:
+        """Release what ``open`` acquired; harmless when closed already."""
+
+    def __enter__(self) -> "Source": ...
+
+    def __exit__(self, *exc) -> Optional[bool]: ...
 
 
 def _fourcc_text(value: float) -> str:
@@ -47,6 +87,7 @@ class CameraSource:
 
     self_paced = True
     finite = False
+    frame_count = 0
     live = True
 
     def __init__(self, device: Union[int, str] = 0, *, width: int = 1280, height: int = 720,
@@ -222,6 +263,7 @@ class DemoSource:
 
     self_paced = False
     finite = False
+    frame_count = 0
     live = False
 
     def __init__(self, *, width: int = 1280, height: int = 720, fps: float = 30.0, seed: int = 0,

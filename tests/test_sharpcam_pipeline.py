@@ -200,6 +200,33 @@ def test_camera_lost_keeps_frames_flowing_then_recovers():
     assert source.reopen_attempts >= 1
 
 
+def test_a_sink_that_takes_keys_is_polled_while_the_camera_is_lost():
+    """The preview handles its keys only when polled: with no frame to send, the pipeline
+    must poll it, or q and the close button stop working while the camera is away."""
+    source = CountingSource()
+    source.fail_from = 2
+
+    class KeyRecordingSink(RecordingSink):
+        polls = 0
+
+        def poll_keys(self):
+            self.polls += 1
+            if self.polls == 3:
+                source.allow_reconnect.set()
+
+    keys, plain = KeyRecordingSink(), RecordingSink()
+    controls = Controls()
+    give_up = threading.Timer(20.0, controls.quit.set)  # unpolled, the camera never comes back
+    give_up.start()
+    try:
+        summary = Pipeline(source, Bypass(), controls, [plain, keys], max_frames=4,
+                           reconnect_delays=(0.001,)).run_live()
+    finally:
+        give_up.cancel()
+    assert summary.reconnects == 1 and keys.polls >= 3
+    assert not hasattr(plain, "poll_keys")  # a sink without keys is left alone
+
+
 def test_quit_key_stops_live_pipeline():
     source = CountingSource()
     controls = Controls()
