@@ -15,10 +15,12 @@ import time
 
 import numpy as np
 
+from .lifetime import Lifetime
+
 SIZES = ((640, 480), (1280, 720), (1920, 1080))
 
 
-class _RepeatSource:
+class _RepeatSource(Lifetime):
     """Hands out two frames in turn forever, so only the pipeline's own work is timed;
     two, because the sharpener skips the model for a frame identical to the one before."""
     self_paced, finite, frame_count, live, fps = False, False, 0, False, 30.0
@@ -27,9 +29,6 @@ class _RepeatSource:
         self.frames = frames
         self.height, self.width = frames[0].shape[:2]
         self.index = 0
-
-    def open(self) -> "_RepeatSource":
-        return self
 
     def read(self):
         self.index += 1
@@ -41,25 +40,12 @@ class _RepeatSource:
     def describe(self) -> str:
         return f"two {self.width}x{self.height} frames in turn"
 
-    def close(self) -> None:
-        pass
 
-    def __enter__(self):
-        return self.open()
-
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False
-
-
-class _CopySink:
+class _CopySink(Lifetime):
     """Costs what an in-memory virtual camera costs: one copy of the frame."""
 
     def __init__(self):
         self.buffer = None
-
-    def open(self) -> "_CopySink":
-        return self
 
     def send(self, frame):
         if self.buffer is None or self.buffer.shape != frame.shape:
@@ -68,16 +54,6 @@ class _CopySink:
 
     def describe(self) -> str:
         return "a frame buffer in memory"
-
-    def close(self) -> None:
-        self.buffer = None
-
-    def __enter__(self):
-        return self.open()
-
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False
 
 
 class _UnsharpSharpener:

@@ -17,6 +17,8 @@ from typing import Optional
 import numpy as np
 import onnxruntime as ort
 
+from .lifetime import Lifetime
+
 # Tried in this order for --device auto/gpu; the first one installed wins.
 GPU_PROVIDERS = (
     "CUDAExecutionProvider",
@@ -90,7 +92,7 @@ def _int_metadata(meta: dict, key: str, override: Optional[int], path: str) -> i
         raise ModelError(f"model {path}: metadata '{key}' is {raw!r}, not an integer") from None
 
 
-class Engine:
+class Engine(Lifetime):
     """An onnxruntime session over one student model.
 
     Use as ``with Engine(path) as engine: y = engine.run(x)``; ``run`` takes
@@ -183,10 +185,3 @@ class Engine:
 
     def close(self) -> None:
         self._session = None
-
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from .controls import ControlState
+from .lifetime import Lifetime
 from .quiet import quiet_native_logs
 
 
@@ -83,7 +84,7 @@ def virtual_camera_guidance(system: Optional[str] = None) -> str:
             "To just look at the result, use --preview (or --output FILE)")
 
 
-class VirtualCameraSink:
+class VirtualCameraSink(Lifetime):
     """Frames to a virtual camera through pyvirtualcam, in BGR to skip a conversion."""
 
     def __init__(self, width: int, height: int, fps: float, *, device: Optional[str] = None,
@@ -119,13 +120,6 @@ class VirtualCameraSink:
         if self._cam is not None:
             self._cam.close()
             self._cam = None
-
-    def __enter__(self):
-        return self.open()
-
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False
 
 
 def display_problem(timeout: float = 15.0) -> Optional[str]:
@@ -184,7 +178,7 @@ def draw_preview_labels(frame: np.ndarray, state: ControlState, fps: float) -> n
     return out
 
 
-class PreviewSink:
+class PreviewSink(Lifetime):
     """An OpenCV window; keys pressed in it go to the controls like terminal keys.
 
     With ``state`` (returns the current ControlState) the window labels what it shows."""
@@ -245,13 +239,6 @@ class PreviewSink:
             cv2.waitKey(1)
             self._open = False
 
-    def __enter__(self):
-        return self.open()
-
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False
-
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 # OpenCV's own MJPEG writer keeps any frame size; through FFmpeg, OpenCV rounds odd widths
@@ -284,7 +271,7 @@ def check_output_path(path: str) -> Optional[str]:
     return None
 
 
-class VideoFileSink:
+class VideoFileSink(Lifetime):
     """Frames to a video file, written under a temporary name and renamed when complete,
     so an interrupted run never leaves a broken file under the requested name."""
 
@@ -351,9 +338,6 @@ class VideoFileSink:
             os.replace(self.partial_path, self.path)
         else:
             self._remove_partial()
-
-    def __enter__(self):
-        return self.open()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         # Ctrl-C ends a recording the user chose to stop: keep it. Any other error: drop it.

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from . import DEMO_IMAGE
+from .lifetime import Lifetime
 from .quiet import quiet_native_logs
 
 
@@ -82,7 +83,7 @@ def _camera_api() -> int:
     return cv2.CAP_ANY
 
 
-class CameraSource:
+class CameraSource(Lifetime):
     """A webcam by index (``0``) or device path (``/dev/video2``)."""
 
     self_paced = True
@@ -168,15 +169,8 @@ class CameraSource:
             return f"camera {self.device}: asked {w}x{h} at {f:g} fps, camera delivers {delivered}"
         return f"camera {self.device}: {delivered}"
 
-    def __enter__(self):
-        return self.open()
 
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False
-
-
-class VideoFileSource:
+class VideoFileSource(Lifetime):
     """Frames from a video file, optionally looping forever."""
 
     self_paced = False
@@ -246,15 +240,8 @@ class VideoFileSource:
         return f"file {self.path}: {self.width}x{self.height} at {self.fps:g} fps{count}" + (
             ", looping" if self.loop else "")
 
-    def __enter__(self):
-        return self.open()
 
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False
-
-
-class DemoSource:
+class DemoSource(Lifetime):
     """A slow pan and zoom over the bundled photo, degraded like a cheap webcam.
 
     The degradation (defocus blur, down/up-scaling, JPEG, sensor noise) is
@@ -331,13 +318,6 @@ class DemoSource:
 
     def describe(self) -> str:
         return f"demo: {self.width}x{self.height} at {self.fps:g} fps (degraded photo, seed {self.seed})"
-
-    def __enter__(self):
-        return self.open()
-
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False
 
 
 def list_cameras(max_index: int = 10) -> list:

@@ -75,14 +75,21 @@ def test_the_lists_below_name_every_source_and_sink():
     assert sorted(made_here("Sink")) == sorted(SINKS)
 
 
+# Those that open without hardware (no camera, display or virtual-camera driver).
+OPENS_HERE = {"VideoFileSource", "DemoSource", "_RepeatSource", "VideoFileSink", "_CopySink"}
+
+
 @pytest.mark.parametrize("name", SOURCES)
 def test_source_meets_the_source_protocol(name, tmp_path):
     source = make_source(name, tmp_path)
     assert [m for m in members(Source) if not hasattr(source, m)] == []
     assert isinstance(source, Source)
     assert isinstance(source.frame_count, int) and source.frame_count >= 0
-    source.close()
-    source.close()  # closing twice is harmless, even unopened
+    source.close()  # closing is harmless unopened...
+    if name in OPENS_HERE:
+        with source as opened:
+            assert opened is source and opened.read().shape == (source.height, source.width, 3)
+    source.close()  # ...and closed already
 
 
 @pytest.mark.parametrize("name", SINKS)
@@ -91,7 +98,45 @@ def test_sink_meets_the_sink_protocol(name, tmp_path):
     assert [m for m in members(Sink) if not hasattr(sink, m)] == []
     assert isinstance(sink, Sink)
     sink.close()
+    if name in OPENS_HERE:
+        with sink as opened:
+            assert opened is sink
+            opened.send(FRAME)
     sink.close()
+
+
+def test_with_closes_on_any_error_and_lets_it_through():
+    from sharpcam.lifetime import Lifetime
+
+    class Counted(Lifetime):
+        opened = closed = 0
+
+        def open(self):
+            self.opened += 1
+            return self
+
+        def close(self):
+            self.closed += 1
+
+    thing = Counted()
+    with pytest.raises(RuntimeError, match="camera unplugged"):
+        with thing as inside:
+            assert inside is thing and (thing.opened, thing.closed) == (1, 0)
+            raise RuntimeError("camera unplugged")
+    assert (thing.opened, thing.closed) == (1, 1)
+
+
+def test_closed_sources_and_engines_hold_nothing(tmp_path, test_model):
+    from sharpcam.engine import Engine, ModelError
+    from sharpcam.sources import DemoSource, VideoFileSource
+    with DemoSource(width=32, height=24) as demo, \
+            VideoFileSource(write_clip(tmp_path / "c.avi", frames=2)) as clip:
+        assert demo.read() is not None and clip.read() is not None
+    assert demo.read() is None and clip.read() is None
+    with Engine(test_model, device="cpu", threads=1) as engine:
+        engine.run(np.zeros((1, 3, 8, 8), np.float32))
+    with pytest.raises(ModelError):
+        engine.run(np.zeros((1, 3, 8, 8), np.float32))
 
 
 def test_only_the_preview_takes_keys(tmp_path):
