@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
-from . import DEFAULT_MODEL, __version__
+from . import __version__
 from .controls import HOTKEY_HELP, MODES, ControlState, Controls, TerminalKeys
-
-
-class UsageError(Exception):
-    """A problem the user can fix; printed as one `sharpcam: error:` line."""
+from .options import UsageError, add_model_options, bounded_float, open_engine_from, positive_int
 
 
 def _tile(value: str):
@@ -32,30 +31,7 @@ def _tile(value: str):
     return tile
 
 
-def bounded_float(low: float, high: float, not_a_number: str, out_of_range: str):
-    """An argparse type: a float in [low, high], else one of the two messages."""
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(not_a_number) from None
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(out_of_range)
-        return number
-    return parse
-
-
 _strength = bounded_float(0.0, 2.0, "must be a number in [0, 2]", "must be in [0, 2]")
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a positive integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return n
 
 
 def _fps(value: str) -> float:
@@ -66,23 +42,6 @@ def _fps(value: str) -> float:
     if not 1.0 <= fps <= 240.0:
         raise argparse.ArgumentTypeError("must be between 1 and 240")
     return fps
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
-                   help="student ONNX model (default: the one shipped with sharpcam)")
-    g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="execution provider: auto picks CUDA, DirectML, CoreML or OpenVINO when installed")
-    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                   help="CPU threads for inference (default: the cores less one for the call "
-                        "app, at most 4; all of them below 4 cores)")
-    g.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
-                   help="fp32 model or its INT8 sibling (NAME.int8.onnx); auto (default) = "
-                        "the faster, measured at start")
-    g.add_argument("--receptive-radius", type=int, default=None, metavar="PX",
-                   help=argparse.SUPPRESS)  # for foreign models without SharpCam metadata
-    g.add_argument("--size-multiple", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true",
                      help="built-in demo: a moving, webcam-degraded photo; needs no hardware")
     src.add_argument("--list-cameras", action="store_true", help="list webcams and exit")
-    src.add_argument("--width", type=_positive_int, default=1280, help="requested width (default 1280)")
-    src.add_argument("--height", type=_positive_int, default=720, help="requested height (default 720)")
+    src.add_argument("--width", type=positive_int, default=1280, help="requested width (default 1280)")
+    src.add_argument("--height", type=positive_int, default=720, help="requested height (default 720)")
     src.add_argument("--fps", type=_fps, default=30.0, help="requested frame rate (default 30)")
     src.add_argument("--no-mjpg", dest="mjpg", action="store_false",
                      help="do not ask the webcam for MJPG (which allows higher rates over USB)")
@@ -119,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--cam-device", metavar="NAME", help="virtual camera device, e.g. /dev/video10")
     out.add_argument("--preview", action="store_true", help="show a preview window")
     out.add_argument("--output", metavar="FILE", help="also write the result to a video file")
-    out.add_argument("--max-frames", type=_positive_int, default=None, metavar="N",
+    out.add_argument("--max-frames", type=positive_int, default=None, metavar="N",
                      help="stop after N frames")
     return p
 
@@ -134,7 +93,7 @@ def note(message: str) -> None:
 
 
 def list_cameras_command() -> int:
-    from .sources import list_cameras
+    from .sources import list_cameras  # here, not at the top: it loads OpenCV, which --help needs not
     cams = list_cameras()
     if not cams:
         print("no cameras found (none connected, or all in use); try `sharpcam --demo`")
@@ -180,8 +139,6 @@ def frame_memory_problem(what: str, width: int, height: int) -> Optional[str]:
 def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack):
     """A service manager's stop or `kill` (SIGTERM) ends the run as cleanly as `q` does:
     sinks are closed, so a recording keeps its frames. Returns an Event set by the signal."""
-    import signal
-    import threading
     terminated = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         return terminated
@@ -206,9 +163,10 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def run(args) -> int:
+    # Here, not at the top: OpenCV and onnxruntime take about a third of a second to load, which
+    # `sharpcam --help`, --version and usage errors should not wait for.
     from .engine import ModelError
     from .pipeline import Pipeline, Progress, StatusLine
-    from .precision import open_engine
     from .quiet import quiet_native_logs
     from .sharpen import Sharpener
     from .sinks import (PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
@@ -237,15 +195,7 @@ def run(args) -> int:
         if problem:
             raise UsageError(problem)
 
-    if os.path.abspath(args.model) == os.path.abspath(DEFAULT_MODEL) and not os.path.isfile(DEFAULT_MODEL):
-        raise UsageError(f"the bundled model is missing from this installation ({DEFAULT_MODEL}); "
-                         "reinstall sharpcam, or pass --model PATH to a student .onnx")
-    try:
-        engine = open_engine(args.model, args.precision, notify=note, device=args.device,
-                             threads=args.threads, receptive_radius=args.receptive_radius,
-                             size_multiple=args.size_multiple)
-    except ModelError as exc:
-        raise UsageError(str(exc)) from None
+    engine = open_engine_from(args, notify=note)
     note("model " + engine.describe())
     if args.tile is not None:
         problem = tile_problem(args.tile, engine.receptive_radius, engine.size_multiple)
@@ -368,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["bench"]:
-            from .bench import bench_main
+            from .bench import bench_main  # here, not at the top: it loads OpenCV and onnxruntime
             return bench_main(argv[1:])
         args = build_parser().parse_args(argv)
         if args.list_cameras:

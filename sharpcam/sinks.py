@@ -18,6 +18,7 @@ from typing import Callable, Optional, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+import pyvirtualcam
 
 from .controls import ControlState
 from .lifetime import Lifetime
@@ -94,7 +95,6 @@ class VirtualCameraSink(Lifetime):
         self._cam = None
 
     def open(self) -> "VirtualCameraSink":
-        import pyvirtualcam
         try:
             self._cam = pyvirtualcam.Camera(self.width, self.height, self.fps,
                                             fmt=pyvirtualcam.PixelFormat.BGR,
