@@ -31,7 +31,7 @@ SIZES = ((640, 480), (1280, 720), (1920, 1080))
 class _RepeatSource(Lifetime):
     """Hands out two frames in turn forever, so only the pipeline's own work is timed;
     two, because the sharpener skips the model for a frame identical to the one before."""
-    self_paced, finite, frame_count, live, fps = False, False, 0, False, 30.0
+    self_paced, finite, frame_count, fps = False, False, 0, 30.0
 
     def __init__(self, frames):
         self.frames = frames

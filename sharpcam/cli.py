@@ -268,7 +268,7 @@ def run(args) -> int:
             warm_ms = sharpener.warm_up(source.height, source.width)
         except ModelError as exc:
             raise UsageError(str(exc)) from None
-        for choice in (sharpener.choice_note, getattr(engine, "choice_note", "")):
+        for choice in (sharpener.choice_note, engine.choice_note):
             if choice:
                 note(choice)
         tiler = sharpener.tiler(source.height, source.width)

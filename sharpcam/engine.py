@@ -99,6 +99,9 @@ class Engine(Lifetime):
     and returns N×3×H×W float32 with H and W multiples of ``size_multiple``.
     """
 
+    # What a choice measured at start-up chose (PrecisionChoice's note); one engine has none.
+    choice_note = ""
+
     def __init__(self, model_path: str, *, device: str = "auto", threads: Optional[int] = None,
                  receptive_radius: Optional[int] = None, size_multiple: Optional[int] = None):
         model_path = os.fspath(model_path)

@@ -139,14 +139,12 @@ class StatusLine:
         self._interval = 0.25 if self.tty else 1.0
         self._last = -1e9
         self._width = 0
-        self.last_text = ""
 
     def update(self, text: str, force: bool = False) -> None:
         now = self._clock()
         if not force and now - self._last < self._interval:
             return
         self._last = now
-        self.last_text = text
         if self.tty:
             pad = max(0, self._width - len(text))
             self.stream.write("\r" + text + " " * pad)

@@ -90,7 +90,6 @@ class Sharpener:
         self.choice_note = ""
         self._warn = warn if warn is not None else _warn_on_stderr
         self.passed_through = 0  # frames sent on unsharpened because the model's output was unusable
-        self.reused = 0  # frames identical to the one before, which did not run the model
         self._last_input = None
         self._last_rgb = None
 
@@ -155,7 +154,6 @@ class Sharpener:
             return frame
         if self._same_as_last_input(frame):
             rgb, self.model_ms = self._last_rgb, 0.0
-            self.reused += 1
         else:
             tiler = self.tiler(frame.shape[0], frame.shape[1])
             out = self.engine.run(tiler.to_batch(frame))

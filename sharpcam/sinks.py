@@ -88,17 +88,16 @@ def virtual_camera_guidance(system: Optional[str] = None) -> str:
 class VirtualCameraSink(Lifetime):
     """Frames to a virtual camera through pyvirtualcam, in BGR to skip a conversion."""
 
-    def __init__(self, width: int, height: int, fps: float, *, device: Optional[str] = None,
-                 backend: Optional[str] = None):
+    def __init__(self, width: int, height: int, fps: float, *, device: Optional[str] = None):
         self.width, self.height, self.fps = width, height, fps
-        self.device, self.backend = device, backend
+        self.device = device
         self._cam = None
 
     def open(self) -> "VirtualCameraSink":
         try:
             self._cam = pyvirtualcam.Camera(self.width, self.height, self.fps,
                                             fmt=pyvirtualcam.PixelFormat.BGR,
-                                            device=self.device, backend=self.backend)
+                                            device=self.device)
         except RuntimeError as exc:
             detail = " ".join(str(exc).split())
             if self.device:

@@ -89,7 +89,6 @@ class CameraSource(Lifetime):
     self_paced = True
     finite = False
     frame_count = 0
-    live = True
 
     def __init__(self, device: Union[int, str] = 0, *, width: int = 1280, height: int = 720,
                  fps: float = 30.0, mjpg: bool = True):
@@ -174,7 +173,6 @@ class VideoFileSource(Lifetime):
     """Frames from a video file, optionally looping forever."""
 
     self_paced = False
-    live = False
 
     def __init__(self, path: str, *, loop: bool = False):
         self.path = os.fspath(path)
@@ -251,7 +249,6 @@ class DemoSource(Lifetime):
     self_paced = False
     finite = False
     frame_count = 0
-    live = False
 
     def __init__(self, *, width: int = 1280, height: int = 720, fps: float = 30.0, seed: int = 0,
                  image: str = DEMO_IMAGE, blur_sigma: float = 1.6, scale: float = 0.5,

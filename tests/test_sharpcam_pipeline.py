@@ -98,7 +98,7 @@ def has_note(frame):
 class CountingSource:
     """Frame k carries k in its first 4 bytes (flat grey elsewhere); optional hooks make
     it fail and come back."""
-    self_paced, finite, live = True, False, True
+    self_paced, finite = True, False
 
     def __init__(self, fps=200.0, shape=(24, 32)):
         self.fps = fps
@@ -525,7 +525,7 @@ def test_capture_does_not_spin_on_a_source_that_returns_at_once():
     import time
 
     class FrozenCamera:
-        self_paced, finite, live, fps, height, width = True, False, True, 50.0, 8, 12
+        self_paced, finite, fps, height, width = True, False, 50.0, 8, 12
         reads = 0
 
         def read(self):
