@@ -15,6 +15,7 @@ import threading
 from typing import Optional, Sequence
 
 from . import __version__
+from .audio import find_ffmpeg, has_audio
 from .controls import HOTKEY_HELP, MODES, ControlState, Controls, TerminalKeys
 from .options import UsageError, add_model_options, bounded_float, open_engine_from, positive_int
 
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-vcam", dest="vcam", action="store_false", help="do not open a virtual camera")
     out.add_argument("--cam-device", metavar="NAME", help="virtual camera device, e.g. /dev/video10")
     out.add_argument("--preview", action="store_true", help="show a preview window")
-    out.add_argument("--output", metavar="FILE", help="also write the result to a video file")
+    out.add_argument("--output", metavar="FILE",
+                     help="also write the result to a video file (with the sound of --input, given ffmpeg)")
     out.add_argument("--max-frames", type=positive_int, default=None, metavar="N",
                      help="stop after N frames")
     return p
@@ -150,6 +152,25 @@ def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack):
     previous = signal.signal(signal.SIGTERM, stop)
     stack.callback(signal.signal, signal.SIGTERM, previous)
     return terminated
+
+
+def sound_for_output(args) -> tuple:
+    """(audio_from, ffmpeg) for --output: the --input file and the ffmpeg that carries its
+    sound into the output, or (None, None); says so when the sound is dropped."""
+    if not (args.output and args.input):
+        return None, None  # the demo and cameras have no sound
+    if args.loop:
+        note(f"--loop: {args.output} gets the pictures only; the sound of {args.input} is not looped")
+        return None, None
+    ffmpeg = find_ffmpeg()
+    if ffmpeg is None:
+        note(f"no ffmpeg here: {args.output} gets the pictures only, any sound in {args.input} is "
+             'dropped (`pip install "sharpcam[audio]"` keeps it)')
+        return None, None
+    if not has_audio(ffmpeg, args.input):
+        return None, None
+    note(f"the sound of {args.input} goes into {args.output}")
+    return args.input, ffmpeg
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -250,10 +271,12 @@ def run(args) -> int:
             sinks.append(stack.enter_context(PreviewSink(controls.press, on_close=controls.quit.set,
                                                          state=lambda: controls.state)))
         if args.output:
+            audio_from, ffmpeg = sound_for_output(args)
             try:
                 sinks.append(stack.enter_context(
                     VideoFileSink(args.output, source.width, source.height, source.fps,
-                                  realtime=not file_mode)))
+                                  realtime=not file_mode, audio_from=audio_from, ffmpeg=ffmpeg,
+                                  warn=lambda message: note(f"warning: {message}"))))
             except SinkError as exc:
                 raise UsageError(str(exc)) from None
         if not sinks:

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pyvirtualcam
 
+from .audio import mux_audio
 from .controls import ControlState
 from .lifetime import Lifetime
 from .quiet import quiet_native_logs
@@ -272,18 +273,26 @@ def check_output_path(path: str) -> Optional[str]:
 
 class VideoFileSink(Lifetime):
     """Frames to a video file, written under a temporary name and renamed when complete,
-    so an interrupted run never leaves a broken file under the requested name."""
+    so an interrupted run never leaves a broken file under the requested name.
+
+    With ``audio_from`` (a video file) and ``ffmpeg``, the finished file also gets that
+    file's sound, muxed into a second temporary file before the rename; when that fails,
+    ``warn`` hears why and the file keeps its pictures."""
 
     def __init__(self, path: str, width: int, height: int, fps: float, *, realtime: bool = False,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, audio_from: Optional[str] = None,
+                 ffmpeg: Optional[str] = None, warn: Callable[[str], None] = lambda message: None):
         self.path = os.fspath(path)
         self.width, self.height, self.fps = width, height, fps
         # Live runs drop frames when the model is slower than the camera; repeating the last
         # frame keeps the recording's timeline true instead of playing back too fast.
         self.realtime, self._clock, self._start = realtime, clock, None
+        self.audio_from = os.fspath(audio_from) if audio_from and ffmpeg else None
+        self._ffmpeg, self._warn = ffmpeg, warn
         folder, name = os.path.split(os.path.abspath(self.path))
         stem, ext = os.path.splitext(name)
         self.partial_path = os.path.join(folder, f".{stem}.partial{ext}")
+        self.muxed_path = os.path.join(folder, f".{stem}.audio{ext}")
         self._writer = None
         self.frames = 0
 
@@ -333,10 +342,20 @@ class VideoFileSink(Lifetime):
             return
         self._writer.release()
         self._writer = None
-        if complete and self.frames > 0:
+        if not (complete and self.frames > 0):
+            self._remove_partial()
+        elif self.audio_from is None:
             os.replace(self.partial_path, self.path)
         else:
-            self._remove_partial()
+            problem = mux_audio(self._ffmpeg, self.partial_path, self.audio_from, self.muxed_path,
+                                self.frames / self.fps)
+            if problem is None:
+                os.replace(self.muxed_path, self.path)
+                self._remove_partial()
+            else:
+                os.replace(self.partial_path, self.path)
+                self._warn(f"the sound of {self.audio_from} could not be added to {self.path} "
+                           f"(ffmpeg: {problem}); it holds the pictures only")
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         # Ctrl-C ends a recording the user chose to stop: keep it. Any other error: drop it.
