@@ -77,14 +77,16 @@ class Sharpener:
     """Turns frames into sharpened frames with one engine; tilers are made per frame size.
 
     ``tile`` is the core tile size (0 = whole frame, None = measure both on the
-    first frame size and keep the faster).
+    first frame size and keep the faster, timed by ``clock``).
     """
 
     AUTO_CANDIDATES = (256, 0)
 
-    def __init__(self, engine: Engine, tile=None, warn: Optional[Callable[[str], None]] = None):
+    def __init__(self, engine: Engine, tile=None, warn: Optional[Callable[[str], None]] = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.engine = engine
         self.tile = tile
+        self._clock = clock
         self._tilers = {}
         self.model_ms = 0.0
         self.choice_note = ""
@@ -113,10 +115,10 @@ class Sharpener:
                 continue  # one tile is the whole frame with a larger canvas: never faster
             batch = np.zeros(tiler.batch_shape, np.float32)
             self.engine.run(batch)  # warm-up: first runs allocate
-            start = time.perf_counter()
+            start = self._clock()
             for _ in range(repeats):
                 self.engine.run(batch)
-            timings[tile] = (time.perf_counter() - start) / repeats * 1000.0
+            timings[tile] = (self._clock() - start) / repeats * 1000.0
         best = min(timings, key=timings.get)
         if len(timings) == 1:
             return best

@@ -274,6 +274,54 @@ class FakeClock:
         return self.t
 
 
+def test_rate_meter_counts_frames_per_second_over_its_window():
+    from sharpcam.pipeline import RateMeter
+    clock = FakeClock()
+    meter = RateMeter(window=2.0, clock=clock)
+    meter.tick()
+    assert meter.rate == 0.0  # one event is no rate yet
+    for k in range(1, 31):  # 10 frames a second for 3 s
+        clock.t = k * 0.1
+        meter.tick()
+    assert meter.rate == pytest.approx(10.0)
+    for k in range(1, 61):  # then 25 a second: after 2.4 s the window holds only these
+        clock.t = 3.0 + k * 0.04
+        meter.tick()
+    assert meter.rate == pytest.approx(25.0)
+
+
+def test_progress_draws_a_bar_of_frames_done():
+    stream, clock = io.StringIO(), FakeClock()
+    progress = Progress(40, StatusLine(stream, clock=clock))
+    for done, fps in ((10, 12.5), (40, 30.0)):
+        clock.t += 1.0  # a second apart: every update is drawn
+        progress.update(done, fps)
+    quarter, full = stream.getvalue().splitlines()
+    assert quarter == "[" + "#" * (30 * 10 // 40) + " " * (30 - 30 * 10 // 40) + "] 10/40 frames 12.5 fps"
+    assert full == "[" + "#" * 30 + "] 40/40 frames 30.0 fps"
+
+
+def test_file_mode_shows_progress_as_it_goes(tmp_path):
+    """run_file reports every frame it writes (the clock lets each line through), then the total."""
+    class TickingClock(FakeClock):
+        def __call__(self):
+            self.t += 1.0
+            return self.t
+
+    class FiveFrames(CountingSource):
+        finite = True
+
+        def read(self):
+            return super().read() if self.produced < 5 else None
+
+    stream = io.StringIO()
+    summary = Pipeline(FiveFrames(), Bypass(), Controls(), [RecordingSink()]).run_file(
+        Progress(5, StatusLine(stream, clock=TickingClock())))
+    lines = stream.getvalue().splitlines()
+    assert summary.frames == 5
+    assert [line.split("] ")[1].split()[0] for line in lines] == ["1/5", "2/5", "3/5", "4/5", "5/5", "5/5"]
+
+
 def test_status_line_rate_limited_when_not_a_tty():
     stream, clock = io.StringIO(), FakeClock()
     status = StatusLine(stream, clock=clock)
