@@ -114,11 +114,14 @@ class CountingSource:
         if self.fail_from is not None and self.produced >= self.fail_from and not self.reopened.is_set():
             return None
         with self.cond:
-            frame = np.full((self.height, self.width, 3), 7, np.uint8)
+            frame = self.make_frame(self.produced)
             frame.reshape(-1)[:4] = np.array([self.produced], "<u4").view(np.uint8)
             self.produced += 1
             self.cond.notify_all()
         return frame
+
+    def make_frame(self, index):
+        return np.full((self.height, self.width, 3), 7, np.uint8)
 
     def reopen(self):
         self.reopen_attempts += 1
@@ -258,12 +261,62 @@ def test_key_applies_on_the_next_frame():
     assert states == [False, False, True, True]
 
 
-def test_live_pipeline_with_real_engine(engine):
-    source = CountingSource(shape=(40, 56))
-    sink = RecordingSink()
-    summary = Pipeline(source, Sharpener(engine, tile=32), Controls(), [sink], max_frames=3).run_live()
-    assert summary.frames == 3 and summary.model_ms > 0
-    assert sink.frames[0].shape == (40, 56, 3)
+class TexturedSource(CountingSource):
+    """Random texture, different for every frame, so the model has detail to work on."""
+
+    def make_frame(self, index):
+        return np.random.default_rng(index).integers(0, 256, (self.height, self.width, 3), np.uint8)
+
+
+class InputRecorder:
+    """Wraps a sharpener and keeps the frames it was given (live mode may drop some)."""
+
+    def __init__(self, sharpener):
+        self.sharpener, self.inputs = sharpener, []
+
+    @property
+    def model_ms(self):
+        return self.sharpener.model_ms
+
+    def process(self, frame, state):
+        self.inputs.append(frame.copy())
+        return self.sharpener.process(frame, state)
+
+
+def engine_on_whole_frame(engine, frame):
+    """The model's own result for a BGR frame (sides multiples of its size_multiple): the
+    engine run directly on the whole frame, as float BGR in [0, 255]."""
+    batch = frame[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255
+    return engine.run(np.ascontiguousarray(batch))[0][::-1].transpose(1, 2, 0) * 255
+
+
+def test_live_pipeline_sends_the_models_frame_and_keys_change_it(engine):
+    """With the real engine (tiled), each frame sent is the model's own result for that
+    frame; space sends the input untouched, s the split view, - lowers the strength."""
+    source = TexturedSource(shape=(96, 128))  # 3x4 tiles of 32 in 56x56 windows
+    controls = Controls()
+    keys_after = {1: " ", 2: " s", 3: "s-----"}  # after the Nth frame: off, split, on at 0.5
+
+    def on_frame(frame):
+        for key in keys_after.get(len(sink.frames), ""):
+            controls.press(key)
+
+    sink = RecordingSink(on_frame)
+    sharpener = InputRecorder(Sharpener(engine, tile=32))
+    summary = Pipeline(source, sharpener, controls, [sink], max_frames=4).run_live()
+    assert summary.frames == 4 and summary.model_ms > 0
+    (on, off, split, half), inputs = sink.frames, sharpener.inputs
+    model = [engine_on_whole_frame(engine, frame) for frame in inputs]
+
+    assert np.abs(on.astype(int) - np.clip(model[0], 0, 255)).max() <= 1
+    assert np.abs(on.astype(int) - inputs[0]).mean() > 2  # the model changed the frame
+    assert np.array_equal(off, inputs[1])
+    mid = source.width // 2
+    assert np.array_equal(split[:, :mid - 1], inputs[2][:, :mid - 1])
+    assert np.all(split[:, mid - 1:mid + 1] == 255)
+    assert np.abs(split[:, mid + 1:].astype(int) - np.clip(model[2], 0, 255)[:, mid + 1:]).max() <= 1
+    blend = np.clip(inputs[3] + 0.5 * (model[3] - inputs[3]), 0, 255)
+    assert np.abs(half.astype(int) - blend).max() <= 1
 
 
 class FakeClock:
@@ -346,13 +399,26 @@ def test_status_line_rewrites_in_place_on_a_tty():
     assert stream.getvalue() == "\ra long line\rshort      \n"
 
 
-def test_bench_prints_a_table(capsys, test_model):
-    assert main(["bench", "--model", str(test_model), "--threads", "1", "--sizes", "64x48,96x64",
+BENCH_CELL = re.compile(r"(\d+\.\d) fps \((\d+\.\d) ms\) cpu (\d+\.\d)")
+
+
+def test_bench_prints_a_consistent_table(capsys, test_model):
+    import os
+    sizes = ["64x48", "96x64"]
+    assert main(["bench", "--model", str(test_model), "--threads", "1", "--sizes", ",".join(sizes),
                  "--seconds", "0", "--tile", "32"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "off" in lines[1] and "unsharp" in lines[1] and "model tile 32" in lines[1] and "model whole" in lines[1]
-    assert lines[2].startswith("64x48") and lines[3].startswith("96x64")
-    assert lines[2].count("fps") == 4
+    header, rows = lines[1], lines[2:]
+    columns = ["off", "unsharp", "model tile 32", "model whole"]
+    assert sorted(columns, key=header.index) == columns and "cpu" in header
+    assert [row.split()[0] for row in rows] == sizes  # one row per resolution, in order
+    for row in rows:
+        cells = [tuple(map(float, cell)) for cell in BENCH_CELL.findall(row)]
+        assert len(cells) == len(columns), row
+        for fps, ms, cpu in cells:
+            # ms is 1000 / fps, each printed to 0.1: the bounds allow for both roundings.
+            assert fps > 0.05 and 1000 / (fps + 0.05) - 0.05 <= ms <= 1000 / (fps - 0.05) + 0.05, row
+            assert 0 <= cpu <= os.cpu_count(), row  # cores kept busy: never more than there are
 
 
 def test_source_that_raises_is_treated_as_lost():
