@@ -22,6 +22,10 @@ from .lifetime import Lifetime
 from .quiet import quiet_native_logs
 
 
+# Where Linux names its video devices (video0/name holds "HD Pro Webcam C920").
+V4L2_SYSFS = "/sys/class/video4linux"
+
+
 class SourceError(Exception):
     """A source cannot be opened; the message says what to do."""
 
@@ -335,7 +339,7 @@ def list_cameras(max_index: int = 10) -> list:
                 continue  # metadata nodes and v4l2loopback outputs open but deliver nothing
             fps = cap.get(cv2.CAP_PROP_FPS)
             name = ""
-            sysfs = f"/sys/class/video4linux/video{index}/name"
+            sysfs = os.path.join(V4L2_SYSFS, f"video{index}", "name")
             if os.path.exists(sysfs):
                 with open(sysfs) as f:
                     name = " " + f.read().strip()
