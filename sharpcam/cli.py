@@ -45,6 +45,9 @@ def _fps(value: str) -> float:
     return fps
 
 
+SAVE_EVERY, SAVE_MAX = 15, 300
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sharpcam",
@@ -82,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write the result to a video file (with the sound of --input, given ffmpeg)")
     out.add_argument("--max-frames", type=positive_int, default=None, metavar="N",
                      help="stop after N frames")
+    save = p.add_argument_group("saving camera frames (material to tune SharpCam to your camera)")
+    save.add_argument("--save-frames", metavar="DIR",
+                      help="also save frames as they come from the camera (or --input/--demo), "
+                           "before sharpening, as PNG files in DIR (made if missing)")
+    save.add_argument("--save-every", type=positive_int, default=None, metavar="N",
+                      help=f"save every Nth frame (default {SAVE_EVERY}: two a second at 30 fps)")
+    save.add_argument("--save-max", type=positive_int, default=None, metavar="M",
+                      help=f"stop saving after M files (default {SAVE_MAX})")
     return p
 
 
@@ -190,8 +201,9 @@ def run(args) -> int:
     from .pipeline import Pipeline, Progress, StatusLine
     from .quiet import quiet_native_logs
     from .sharpen import Sharpener
-    from .sinks import (PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
-                        VirtualCameraUnavailable, check_output_path, display_problem)
+    from .sinks import (FrameFolderSink, PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
+                        VirtualCameraUnavailable, check_frame_folder, check_output_path,
+                        display_problem)
     from .sources import CameraSource, DemoSource, SourceError, VideoFileSource
     from .tiling import tile_problem
 
@@ -200,6 +212,9 @@ def run(args) -> int:
         raise UsageError("use either --input or --demo, not both")
     if args.loop and not args.input:
         raise UsageError("--loop only applies to --input FILE")
+    for option, value in (("--save-every", args.save_every), ("--save-max", args.save_max)):
+        if value is not None and not args.save_frames:
+            raise UsageError(f"{option} only applies with --save-frames DIR")
     file_mode = bool(args.output and (args.input or args.demo) and not args.preview and not args.vcam)
     want_vcam = (not file_mode) if args.vcam is None else args.vcam
 
@@ -213,6 +228,10 @@ def run(args) -> int:
                              "the video it reads: choose another output name")
     if args.preview:
         problem = display_problem()
+        if problem:
+            raise UsageError(problem)
+    if args.save_frames:
+        problem = check_frame_folder(args.save_frames)
         if problem:
             raise UsageError(problem)
 
@@ -240,6 +259,7 @@ def run(args) -> int:
         max_frames = DEMO_FILE_FRAMES
         note(f"demo to file: {DEMO_FILE_FRAMES} frames (use --max-frames to change)")
 
+    status = StatusLine()
     with contextlib.ExitStack() as stack:
         # Before anything is opened: a SIGTERM from here on closes what is open, in order.
         terminated = _quit_on_sigterm(controls, stack)
@@ -263,10 +283,11 @@ def run(args) -> int:
                 sinks.append(vcam)
                 note(f"sending to {vcam.describe()} - pick it as the camera in your call app")
             except VirtualCameraUnavailable as exc:
-                if not (args.preview or args.output):
+                others = [name for name, on in (("the preview", args.preview), ("--output", args.output),
+                                                ("--save-frames", args.save_frames)) if on]
+                if not others:
                     raise UsageError(str(exc)) from None
-                note(f"{exc}\nsharpcam: continuing with "
-                     + " and ".join(n for n, on in (("the preview", args.preview), ("--output", args.output)) if on))
+                note(f"{exc}\nsharpcam: continuing with " + " and ".join(others))
         if args.preview:
             sinks.append(stack.enter_context(PreviewSink(controls.press, on_close=controls.quit.set,
                                                          state=lambda: controls.state)))
@@ -279,11 +300,27 @@ def run(args) -> int:
                                   warn=lambda message: note(f"warning: {message}"))))
             except SinkError as exc:
                 raise UsageError(str(exc)) from None
-        if not sinks:
+        input_sinks = []
+        if args.save_frames:
+            frame_folder = FrameFolderSink(args.save_frames, every=args.save_every or SAVE_EVERY,
+                                           limit=args.save_max or SAVE_MAX,
+                                           warn=lambda message: status.note(f"sharpcam: warning: {message}"))
+
+            def report_saved():
+                if frame_folder.seen:  # not after a setup error, before any frame
+                    note(f"--save-frames: {frame_folder.saved} frames saved in {args.save_frames}")
+
+            # Registered before the sink: the stack runs it after the sink has written its files.
+            stack.callback(report_saved)
+            try:
+                input_sinks.append(stack.enter_context(frame_folder))
+            except SinkError as exc:
+                raise UsageError(str(exc)) from None
+            note(f"saving to {frame_folder.describe()}")
+        if not sinks and not input_sinks:
             raise UsageError("nothing to send frames to: drop --no-vcam, or add --preview or --output FILE")
 
         # Warm-up (and the tiled/whole-frame measurement) after the sinks: setup errors first.
-        status = StatusLine()
         sharpener = Sharpener(engine, tile=args.tile,
                               warn=lambda message: status.note(f"sharpcam: warning: {message}"))
         try:
@@ -297,7 +334,8 @@ def run(args) -> int:
         tiler = sharpener.tiler(source.height, source.width)
         note(f"tiling: {tiler.describe()}; warm-up {warm_ms:.0f} ms")
 
-        pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames)
+        pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames,
+                            input_sinks=input_sinks)
         interrupted = False
         # Keys work wherever sharpcam runs in a terminal (and the terminal stops echoing them).
         keys = stack.enter_context(TerminalKeys(controls))

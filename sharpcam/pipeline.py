@@ -1,5 +1,6 @@
 """The pipeline: owns the capture thread and the loop that moves frames
-source → sharpener → sinks, and reports what it does.
+source → sharpener → sinks, and reports what it does.  Input sinks (``--save-frames``)
+get each source frame as it came, before sharpening.
 
 Live mode: a capture thread keeps only the newest frame in a one-slot
 buffer; the processing loop takes whatever is newest, so when processing is
@@ -203,17 +204,19 @@ class Pipeline:
     ``run_live`` paces at the source rate with a capture thread;
     ``run_file`` processes every frame as fast as it can.  Both stop at
     ``max_frames`` processed frames, at the end of a finite source, or when
-    the controls ask to quit.  ``wait`` is how the capture thread sleeps
-    (an Event's wait, so stopping interrupts it); tests inject their own.
+    the controls ask to quit.  ``input_sinks`` get every frame the source
+    delivers and the pipeline takes, unsharpened, and never the 'camera lost' frame.
     """
 
     def __init__(self, source: Source, sharpener: Sharpener, controls: Controls, sinks: Sequence[Sink], *,
                  status: Optional[StatusLine] = None, max_frames: Optional[int] = None,
-                 reconnect_delays: Sequence[float] = RECONNECT_DELAYS):
+                 reconnect_delays: Sequence[float] = RECONNECT_DELAYS,
+                 input_sinks: Sequence[Sink] = ()):
         self.source = source
         self.sharpener = sharpener
         self.controls = controls
         self.sinks = list(sinks)
+        self.input_sinks = list(input_sinks)
         self._key_sinks = [sink for sink in self.sinks if isinstance(sink, KeySink)]
         self.status = status
         self.max_frames = max_frames
@@ -234,6 +237,8 @@ class Pipeline:
 
     # -- shared per-frame work -------------------------------------------------
     def _process_and_send(self, frame: np.ndarray) -> np.ndarray:
+        for sink in self.input_sinks:
+            sink.send(frame)
         if frame.shape[:2] != self._size:
             # A camera that comes back at another resolution must not break the sinks,
             # which were opened for the first one.

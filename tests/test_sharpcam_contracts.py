@@ -62,11 +62,12 @@ def make_sink(name, tmp_path):
         "PreviewSink": lambda: sinks.PreviewSink(lambda key: None),
         "VideoFileSink": lambda: sinks.VideoFileSink(tmp_path / "o.avi", 32, 24, 30.0),
         "_CopySink": lambda: bench._CopySink(),
+        "FrameFolderSink": lambda: sinks.FrameFolderSink(tmp_path / "frames"),
     }[name]()
 
 
 SOURCES = ["CameraSource", "VideoFileSource", "DemoSource", "_RepeatSource"]
-SINKS = ["VirtualCameraSink", "PreviewSink", "VideoFileSink", "_CopySink"]
+SINKS = ["VirtualCameraSink", "PreviewSink", "VideoFileSink", "_CopySink", "FrameFolderSink"]
 
 
 def test_the_lists_below_name_every_source_and_sink():
@@ -76,7 +77,8 @@ def test_the_lists_below_name_every_source_and_sink():
 
 
 # Those that open without hardware (no camera, display or virtual-camera driver).
-OPENS_HERE = {"VideoFileSource", "DemoSource", "_RepeatSource", "VideoFileSink", "_CopySink"}
+OPENS_HERE = {"VideoFileSource", "DemoSource", "_RepeatSource", "VideoFileSink", "_CopySink",
+              "FrameFolderSink"}
 
 
 @pytest.mark.parametrize("name", SOURCES)
