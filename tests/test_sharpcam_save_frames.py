@@ -116,7 +116,7 @@ def test_a_lost_camera_goes_on_and_only_real_frames_are_saved(tmp_path):
 
 
 def test_a_full_disk_ends_the_saving_not_the_call(tmp_path, monkeypatch):
-    real_write, writes = FrameFolderSink._write_atomically, []
+    real_write, writes = FrameFolderSink._write_png, []
 
     def write(self, path, frame):
         writes.append(path)
@@ -124,7 +124,7 @@ def test_a_full_disk_ends_the_saving_not_the_call(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         real_write(self, path, frame)
 
-    monkeypatch.setattr(FrameFolderSink, "_write_atomically", write)
+    monkeypatch.setattr(FrameFolderSink, "_write_png", write)
     warnings = []
     frames = FrameFolderSink(tmp_path, every=1, limit=50, warn=warnings.append)
 
@@ -171,3 +171,7 @@ def test_each_file_is_written_under_a_temporary_name_then_renamed(tmp_path, monk
             frames.send(np.zeros((24, 32, 3), np.uint8))
     assert renames == [(str(tmp_path), f"frame-{n:05d}.png") for n in (1, 2, 3)]
     assert len(pngs(tmp_path)) == 3
+    umask = os.umask(0)
+    os.umask(umask)
+    # As a plain open would make them (a temporary file's 0600 would hide them from others).
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o666 & ~umask}
