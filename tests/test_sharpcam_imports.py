@@ -92,9 +92,10 @@ def test_no_two_sharpcam_modules_import_each_other():
 
 def test_the_cycle_finder_finds_cycles():
     # Guards the test above: each of these spellings of an import makes a cycle it must see.
+    real = import_graph()
     for spelling in ("from .cli import main", "from . import cli", "import sharpcam.cli",
                      "from sharpcam.cli import main", "def f():\n    from .cli import main"):
-        graph = import_graph()
+        graph = dict(real)
         graph["bench"] = package_imports(spelling, "bench")
         graph["cli"] = {"bench"}
         assert find_cycle(graph) in (["bench", "cli", "bench"], ["cli", "bench", "cli"]), spelling

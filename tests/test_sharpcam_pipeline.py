@@ -597,7 +597,7 @@ def test_bench_reports_cpu_use_next_to_frames_per_second():
     cpu = {}
     for name, engine in (("busy", BusyEngine()), ("sleeping", SleepingEngine())):
         stream = io.StringIO()
-        rows = bench(engine, sizes=((32, 24),), tile=32, seconds=0.3, out=stream)
+        rows = bench(engine, sizes=((32, 24),), tile=32, seconds=0.1, out=stream)
         assert "cpu" in stream.getvalue().splitlines()[0]
         (_, cells), = rows
         fps, cpu[name] = cells[-1]  # the whole-frame model column
