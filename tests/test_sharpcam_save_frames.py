@@ -46,7 +46,8 @@ def test_every_nth_source_frame_is_saved_as_it_came(tmp_path, capsys, test_model
 
 def test_saving_stops_at_the_cap_and_a_second_run_adds_files(tmp_path, test_model):
     folder = tmp_path / "frames"
-    assert run_demo(folder, tmp_path / "a.avi", "--save-every", 1, "--save-max", 2, "--model", test_model) == 0
+    assert run_demo(folder, tmp_path / "a.avi", "--save-every", 1, "--save-max", 2,
+                    "--model", test_model) == 0
     assert sorted(pngs(folder)) == ["frame-00001.png", "frame-00002.png"]
     first = pngs(folder)
     assert run_demo(folder, tmp_path / "b.avi", "--save-every", 5, "--model", test_model) == 0
