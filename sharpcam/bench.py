@@ -15,13 +15,23 @@ import time
 
 import numpy as np
 
+from .controls import ControlState, Controls
+from .engine import ModelError
+from .lifetime import Lifetime
+from .options import UsageError, add_model_options, bounded_float, open_engine_from, positive_int
+from .pipeline import Pipeline
+from .precision import PrecisionChoice
+from .sharpen import Sharpener, unsharp_mask
+from .sources import DemoSource
+from .tiling import min_useful_tile, tile_problem
+
 SIZES = ((640, 480), (1280, 720), (1920, 1080))
 
 
-class _RepeatSource:
+class _RepeatSource(Lifetime):
     """Hands out two frames in turn forever, so only the pipeline's own work is timed;
     two, because the sharpener skips the model for a frame identical to the one before."""
-    self_paced, finite, live, fps = False, False, False, 30.0
+    self_paced, finite, frame_count, fps = False, False, 0, 30.0
 
     def __init__(self, frames):
         self.frames = frames
@@ -32,8 +42,14 @@ class _RepeatSource:
         self.index += 1
         return self.frames[self.index % len(self.frames)]
 
+    def reopen(self) -> bool:
+        return True
 
-class _CopySink:
+    def describe(self) -> str:
+        return f"two {self.width}x{self.height} frames in turn"
+
+
+class _CopySink(Lifetime):
     """Costs what an in-memory virtual camera costs: one copy of the frame."""
 
     def __init__(self):
@@ -44,12 +60,14 @@ class _CopySink:
             self.buffer = np.empty_like(frame)
         np.copyto(self.buffer, frame)
 
+    def describe(self) -> str:
+        return "a frame buffer in memory"
+
 
 class _UnsharpSharpener:
     model_ms = 0.0
 
     def process(self, frame, state):
-        from .sharpen import unsharp_mask
         return unsharp_mask(frame)
 
 
@@ -57,8 +75,6 @@ def time_pipeline(frames, sharpener, seconds: float, min_frames: int = 3) -> tup
     """(frames per second, CPU use in cores) of the file-mode pipeline over ``frames``
     (two different ones) in turn. CPU use is the process's CPU seconds (every thread) per second over the
     timed loop: 2.0 means two cores kept busy."""
-    from .controls import Controls
-    from .pipeline import Pipeline
     source = _RepeatSource(frames)
     controls = Controls()
     # One untimed frame first: allocation and first-run costs are not steady state.
@@ -73,9 +89,6 @@ def time_pipeline(frames, sharpener, seconds: float, min_frames: int = 3) -> tup
 
 
 def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=None) -> list:
-    from .controls import ControlState
-    from .sharpen import Sharpener
-    from .sources import DemoSource
     out = out or sys.stdout
     rows = []
     off_state = ControlState(mode="off")
@@ -92,7 +105,7 @@ def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=Non
     methods = [("off", lambda: _Off()), ("unsharp", lambda: _UnsharpSharpener()),
                (f"model tile {tile}", lambda: Sharpener(engine, tile=tile))]
     # --precision auto with an INT8 sibling: the whole frame at each precision.
-    precisions = getattr(engine, "engines", None) or {"": engine}
+    precisions = engine.engines if isinstance(engine, PrecisionChoice) else {"": engine}
     methods += [(f"model whole {name}".rstrip(), lambda e=e: Sharpener(e, tile=0))
                 for name, e in precisions.items()]
     header = f"{'resolution':<11}" + "".join(f"{name:>30}" for name, _ in methods)
@@ -125,39 +138,29 @@ def _sizes(value: str) -> tuple:
     return tuple(sizes)
 
 
-
-
 def bench_main(argv) -> int:
-    from .cli import _positive_int, add_model_options, bounded_float, error
-    from .engine import ModelError
-    from .precision import open_engine
-    from .tiling import min_useful_tile, tile_problem
+    """``sharpcam bench ARGS``; raises UsageError for a problem the user can fix."""
     p = argparse.ArgumentParser(prog="sharpcam bench",
                                 description="Frames/s at 640x480, 1280x720 and 1920x1080 for off, "
                                             "unsharp mask and the model (tiled and whole-frame).")
     add_model_options(p)
-    p.add_argument("--tile", type=_positive_int, default=None,
+    p.add_argument("--tile", type=positive_int, default=None,
                    help="tile size for the tiled column (default 256, or the model's smallest useful tile)")
     p.add_argument("--seconds", default=2.0, help="time per cell (default 2)",
                    type=bounded_float(0.0, 3600.0, "must be a number of seconds", "must be between 0 and 3600"))
     p.add_argument("--sizes", type=_sizes, default=SIZES, metavar="WxH,...",
                    help="resolutions to measure (default 640x480,1280x720,1920x1080)")
     args = p.parse_args(argv)
-    try:
-        engine = open_engine(args.model, args.precision, notify=print, device=args.device,
-                             threads=args.threads, receptive_radius=args.receptive_radius,
-                             size_multiple=args.size_multiple)
-    except ModelError as exc:
-        return error(str(exc))
+    engine = open_engine_from(args, notify=print)
     tile = args.tile or max(256, min_useful_tile(engine.receptive_radius, engine.size_multiple))
     problem = tile_problem(tile, engine.receptive_radius, engine.size_multiple)
     if problem:
-        return error(problem)
+        raise UsageError(problem)
     threads = "" if args.threads else f" (the default for {os.cpu_count()} cores)"
     print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) and CPU use "
           "of the pipeline without camera or pacing, one frame copy to the sink")
     try:
         bench(engine, sizes=args.sizes, tile=tile, seconds=args.seconds)
     except ModelError as exc:
-        return error(str(exc))
+        raise UsageError(str(exc)) from None
     return 0

@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
-from . import DEFAULT_MODEL, __version__
+from . import __version__
+from .audio import find_ffmpeg, has_audio
 from .controls import HOTKEY_HELP, MODES, ControlState, Controls, TerminalKeys
-
-
-class UsageError(Exception):
-    """A problem the user can fix; printed as one `sharpcam: error:` line."""
+from .options import UsageError, add_model_options, bounded_float, open_engine_from, positive_int
 
 
 def _tile(value: str):
@@ -32,30 +32,7 @@ def _tile(value: str):
     return tile
 
 
-def bounded_float(low: float, high: float, not_a_number: str, out_of_range: str):
-    """An argparse type: a float in [low, high], else one of the two messages."""
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(not_a_number) from None
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(out_of_range)
-        return number
-    return parse
-
-
 _strength = bounded_float(0.0, 2.0, "must be a number in [0, 2]", "must be in [0, 2]")
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a positive integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return n
 
 
 def _fps(value: str) -> float:
@@ -68,21 +45,7 @@ def _fps(value: str) -> float:
     return fps
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
-                   help="student ONNX model (default: the one shipped with sharpcam)")
-    g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="execution provider: auto picks CUDA, DirectML, CoreML or OpenVINO when installed")
-    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                   help="CPU threads for inference (default: the cores less one for the call "
-                        "app, at most 4; all of them below 4 cores)")
-    g.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
-                   help="fp32 model or its INT8 sibling (NAME.int8.onnx); auto (default) = "
-                        "the faster, measured at start")
-    g.add_argument("--receptive-radius", type=int, default=None, metavar="PX",
-                   help=argparse.SUPPRESS)  # for foreign models without SharpCam metadata
-    g.add_argument("--size-multiple", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
+SAVE_EVERY, SAVE_MAX = 15, 300
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true",
                      help="built-in demo: a moving, webcam-degraded photo; needs no hardware")
     src.add_argument("--list-cameras", action="store_true", help="list webcams and exit")
-    src.add_argument("--width", type=_positive_int, default=1280, help="requested width (default 1280)")
-    src.add_argument("--height", type=_positive_int, default=720, help="requested height (default 720)")
+    src.add_argument("--width", type=positive_int, default=1280, help="requested width (default 1280)")
+    src.add_argument("--height", type=positive_int, default=720, help="requested height (default 720)")
     src.add_argument("--fps", type=_fps, default=30.0, help="requested frame rate (default 30)")
     src.add_argument("--no-mjpg", dest="mjpg", action="store_false",
                      help="do not ask the webcam for MJPG (which allows higher rates over USB)")
@@ -118,9 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-vcam", dest="vcam", action="store_false", help="do not open a virtual camera")
     out.add_argument("--cam-device", metavar="NAME", help="virtual camera device, e.g. /dev/video10")
     out.add_argument("--preview", action="store_true", help="show a preview window")
-    out.add_argument("--output", metavar="FILE", help="also write the result to a video file")
-    out.add_argument("--max-frames", type=_positive_int, default=None, metavar="N",
+    out.add_argument("--output", metavar="FILE",
+                     help="also write the result to a video file (with the sound of --input, given ffmpeg)")
+    out.add_argument("--max-frames", type=positive_int, default=None, metavar="N",
                      help="stop after N frames")
+    save = p.add_argument_group("saving camera frames (material to tune SharpCam to your camera)")
+    save.add_argument("--save-frames", metavar="DIR",
+                      help="also save frames as they come from the camera (or --input/--demo), "
+                           "before sharpening, as PNG files in DIR (made if missing)")
+    save.add_argument("--save-every", type=positive_int, default=None, metavar="N",
+                      help=f"save every Nth frame (default {SAVE_EVERY}: two a second at 30 fps)")
+    save.add_argument("--save-max", type=positive_int, default=None, metavar="M",
+                      help=f"stop saving after M files (default {SAVE_MAX})")
     return p
 
 
@@ -134,7 +106,7 @@ def note(message: str) -> None:
 
 
 def list_cameras_command() -> int:
-    from .sources import list_cameras
+    from .sources import list_cameras  # here, not at the top: it loads OpenCV, which --help needs not
     cams = list_cameras()
     if not cams:
         print("no cameras found (none connected, or all in use); try `sharpcam --demo`")
@@ -180,8 +152,6 @@ def frame_memory_problem(what: str, width: int, height: int) -> Optional[str]:
 def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack):
     """A service manager's stop or `kill` (SIGTERM) ends the run as cleanly as `q` does:
     sinks are closed, so a recording keeps its frames. Returns an Event set by the signal."""
-    import signal
-    import threading
     terminated = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         return terminated
@@ -195,6 +165,25 @@ def _quit_on_sigterm(controls: Controls, stack: contextlib.ExitStack):
     return terminated
 
 
+def sound_for_output(args) -> tuple:
+    """(audio_from, ffmpeg) for --output: the --input file and the ffmpeg that carries its
+    sound into the output, or (None, None); says so when the sound is dropped."""
+    if not (args.output and args.input):
+        return None, None  # the demo and cameras have no sound
+    if args.loop:
+        note(f"--loop: {args.output} gets the pictures only; the sound of {args.input} is not looped")
+        return None, None
+    ffmpeg = find_ffmpeg()
+    if ffmpeg is None:
+        note(f"no ffmpeg here: {args.output} gets the pictures only, any sound in {args.input} is "
+             'dropped (`pip install "sharpcam[audio]"` keeps it)')
+        return None, None
+    if not has_audio(ffmpeg, args.input):
+        return None, None
+    note(f"the sound of {args.input} goes into {args.output}")
+    return args.input, ffmpeg
+
+
 def _same_file(a: str, b: str) -> bool:
     """Whether two paths name one file, however spelled (relative, via links, hard links)."""
     if os.path.realpath(a) == os.path.realpath(b):
@@ -206,13 +195,15 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def run(args) -> int:
+    # Here, not at the top: OpenCV and onnxruntime take about a third of a second to load, which
+    # `sharpcam --help`, --version and usage errors should not wait for.
     from .engine import ModelError
     from .pipeline import Pipeline, Progress, StatusLine
-    from .precision import open_engine
     from .quiet import quiet_native_logs
     from .sharpen import Sharpener
-    from .sinks import (PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
-                        VirtualCameraUnavailable, check_output_path, display_problem)
+    from .sinks import (FrameFolderSink, PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
+                        VirtualCameraUnavailable, check_frame_folder, check_output_path,
+                        display_problem)
     from .sources import CameraSource, DemoSource, SourceError, VideoFileSource
     from .tiling import tile_problem
 
@@ -221,6 +212,9 @@ def run(args) -> int:
         raise UsageError("use either --input or --demo, not both")
     if args.loop and not args.input:
         raise UsageError("--loop only applies to --input FILE")
+    for option, value in (("--save-every", args.save_every), ("--save-max", args.save_max)):
+        if value is not None and not args.save_frames:
+            raise UsageError(f"{option} only applies with --save-frames DIR")
     file_mode = bool(args.output and (args.input or args.demo) and not args.preview and not args.vcam)
     want_vcam = (not file_mode) if args.vcam is None else args.vcam
 
@@ -236,16 +230,12 @@ def run(args) -> int:
         problem = display_problem()
         if problem:
             raise UsageError(problem)
+    if args.save_frames:
+        problem = check_frame_folder(args.save_frames)
+        if problem:
+            raise UsageError(problem)
 
-    if os.path.abspath(args.model) == os.path.abspath(DEFAULT_MODEL) and not os.path.isfile(DEFAULT_MODEL):
-        raise UsageError(f"the bundled model is missing from this installation ({DEFAULT_MODEL}); "
-                         "reinstall sharpcam, or pass --model PATH to a student .onnx")
-    try:
-        engine = open_engine(args.model, args.precision, notify=note, device=args.device,
-                             threads=args.threads, receptive_radius=args.receptive_radius,
-                             size_multiple=args.size_multiple)
-    except ModelError as exc:
-        raise UsageError(str(exc)) from None
+    engine = open_engine_from(args, notify=note)
     note("model " + engine.describe())
     if args.tile is not None:
         problem = tile_problem(args.tile, engine.receptive_radius, engine.size_multiple)
@@ -269,6 +259,7 @@ def run(args) -> int:
         max_frames = DEMO_FILE_FRAMES
         note(f"demo to file: {DEMO_FILE_FRAMES} frames (use --max-frames to change)")
 
+    status = StatusLine()
     with contextlib.ExitStack() as stack:
         # Before anything is opened: a SIGTERM from here on closes what is open, in order.
         terminated = _quit_on_sigterm(controls, stack)
@@ -292,25 +283,44 @@ def run(args) -> int:
                 sinks.append(vcam)
                 note(f"sending to {vcam.describe()} - pick it as the camera in your call app")
             except VirtualCameraUnavailable as exc:
-                if not (args.preview or args.output):
+                others = [name for name, on in (("the preview", args.preview), ("--output", args.output),
+                                                ("--save-frames", args.save_frames)) if on]
+                if not others:
                     raise UsageError(str(exc)) from None
-                note(f"{exc}\nsharpcam: continuing with "
-                     + " and ".join(n for n, on in (("the preview", args.preview), ("--output", args.output)) if on))
+                note(f"{exc}\nsharpcam: continuing with " + " and ".join(others))
         if args.preview:
             sinks.append(stack.enter_context(PreviewSink(controls.press, on_close=controls.quit.set,
                                                          state=lambda: controls.state)))
         if args.output:
+            audio_from, ffmpeg = sound_for_output(args)
             try:
                 sinks.append(stack.enter_context(
                     VideoFileSink(args.output, source.width, source.height, source.fps,
-                                  realtime=not file_mode)))
+                                  realtime=not file_mode, audio_from=audio_from, ffmpeg=ffmpeg,
+                                  warn=lambda message: note(f"warning: {message}"))))
             except SinkError as exc:
                 raise UsageError(str(exc)) from None
-        if not sinks:
+        input_sinks = []
+        if args.save_frames:
+            frame_folder = FrameFolderSink(args.save_frames, every=args.save_every or SAVE_EVERY,
+                                           limit=args.save_max or SAVE_MAX,
+                                           warn=lambda message: status.note(f"sharpcam: warning: {message}"))
+
+            def report_saved():
+                if frame_folder.seen:  # not after a setup error, before any frame
+                    note(f"--save-frames: {frame_folder.saved} frames saved in {args.save_frames}")
+
+            # Registered before the sink: the stack runs it after the sink has written its files.
+            stack.callback(report_saved)
+            try:
+                input_sinks.append(stack.enter_context(frame_folder))
+            except SinkError as exc:
+                raise UsageError(str(exc)) from None
+            note(f"saving to {frame_folder.describe()}")
+        if not sinks and not input_sinks:
             raise UsageError("nothing to send frames to: drop --no-vcam, or add --preview or --output FILE")
 
         # Warm-up (and the tiled/whole-frame measurement) after the sinks: setup errors first.
-        status = StatusLine()
         sharpener = Sharpener(engine, tile=args.tile,
                               warn=lambda message: status.note(f"sharpcam: warning: {message}"))
         try:
@@ -318,13 +328,14 @@ def run(args) -> int:
             warm_ms = sharpener.warm_up(source.height, source.width)
         except ModelError as exc:
             raise UsageError(str(exc)) from None
-        for choice in (sharpener.choice_note, getattr(engine, "choice_note", "")):
+        for choice in (sharpener.choice_note, engine.choice_note):
             if choice:
                 note(choice)
         tiler = sharpener.tiler(source.height, source.width)
         note(f"tiling: {tiler.describe()}; warm-up {warm_ms:.0f} ms")
 
-        pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames)
+        pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames,
+                            input_sinks=input_sinks)
         interrupted = False
         # Keys work wherever sharpcam runs in a terminal (and the terminal stops echoing them).
         keys = stack.enter_context(TerminalKeys(controls))
@@ -332,7 +343,7 @@ def run(args) -> int:
             note(HOTKEY_HELP)
         if file_mode:
             # A looping file has no end of its own: only --max-frames makes a total.
-            total = 0 if args.loop else (getattr(source, "frame_count", 0) or 0)
+            total = 0 if args.loop else source.frame_count
             if max_frames:
                 total = min(total, max_frames) if total else max_frames
             try:
@@ -368,7 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["bench"]:
-            from .bench import bench_main
+            from .bench import bench_main  # here, not at the top: it loads OpenCV and onnxruntime
             return bench_main(argv[1:])
         args = build_parser().parse_args(argv)
         if args.list_cameras:

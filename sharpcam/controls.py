@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import sys
 import threading
 from dataclasses import dataclass, replace
@@ -114,7 +115,7 @@ class TerminalKeys:
         if os.name == "nt":
             target = self._read_windows
         else:
-            import termios
+            import termios  # POSIX only, like tty: not at the top, where Windows would fail
             import tty
             self._saved = (fd, termios.tcgetattr(fd))
             # cbreak keeps ISIG, so Ctrl-C still raises KeyboardInterrupt in the main thread.
@@ -126,7 +127,6 @@ class TerminalKeys:
         return self
 
     def _read_posix(self, fd: int) -> None:
-        import select
         while not self._stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.1)
             if not ready:
@@ -141,7 +141,7 @@ class TerminalKeys:
                 self._controls.press(key)
 
     def _read_windows(self, fd: int) -> None:
-        import msvcrt
+        import msvcrt  # Windows only: not at the top, where other systems would fail
         while not self._stop.wait(0.02):
             while msvcrt.kbhit():
                 self._controls.press(msvcrt.getwch())
@@ -151,7 +151,7 @@ class TerminalKeys:
         if self._thread is not None:
             self._thread.join(timeout=1.0)
         if self._saved is not None:
-            import termios
+            import termios  # POSIX only; _saved is set only there
             fd, attrs = self._saved
             termios.tcsetattr(fd, termios.TCSADRAIN, attrs)
             self._saved = None

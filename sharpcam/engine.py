@@ -17,6 +17,8 @@ from typing import Optional
 import numpy as np
 import onnxruntime as ort
 
+from .lifetime import Lifetime
+
 # Tried in this order for --device auto/gpu; the first one installed wins.
 GPU_PROVIDERS = (
     "CUDAExecutionProvider",
@@ -90,12 +92,15 @@ def _int_metadata(meta: dict, key: str, override: Optional[int], path: str) -> i
         raise ModelError(f"model {path}: metadata '{key}' is {raw!r}, not an integer") from None
 
 
-class Engine:
+class Engine(Lifetime):
     """An onnxruntime session over one student model.
 
     Use as ``with Engine(path) as engine: y = engine.run(x)``; ``run`` takes
     and returns N×3×H×W float32 with H and W multiples of ``size_multiple``.
     """
+
+    # What a choice measured at start-up chose (PrecisionChoice's note); one engine has none.
+    choice_note = ""
 
     def __init__(self, model_path: str, *, device: str = "auto", threads: Optional[int] = None,
                  receptive_radius: Optional[int] = None, size_multiple: Optional[int] = None):
@@ -183,10 +188,3 @@ class Engine:
 
     def close(self) -> None:
         self._session = None
-
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False

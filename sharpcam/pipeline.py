@@ -1,5 +1,6 @@
 """The pipeline: owns the capture thread and the loop that moves frames
-source → sharpener → sinks, and reports what it does.
+source → sharpener → sinks, and reports what it does.  Input sinks (``--save-frames``)
+get each source frame as it came, before sharpening.
 
 Live mode: a capture thread keeps only the newest frame in a one-slot
 buffer; the processing loop takes whatever is newest, so when processing is
@@ -22,6 +23,8 @@ import numpy as np
 
 from .controls import Controls
 from .sharpen import Sharpener
+from .sinks import KeySink, Sink
+from .sources import Source
 
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0, 5.0)
 LOST_NOTE = "camera lost - reconnecting"
@@ -137,14 +140,12 @@ class StatusLine:
         self._interval = 0.25 if self.tty else 1.0
         self._last = -1e9
         self._width = 0
-        self.last_text = ""
 
     def update(self, text: str, force: bool = False) -> None:
         now = self._clock()
         if not force and now - self._last < self._interval:
             return
         self._last = now
-        self.last_text = text
         if self.tty:
             pad = max(0, self._width - len(text))
             self.stream.write("\r" + text + " " * pad)
@@ -203,17 +204,20 @@ class Pipeline:
     ``run_live`` paces at the source rate with a capture thread;
     ``run_file`` processes every frame as fast as it can.  Both stop at
     ``max_frames`` processed frames, at the end of a finite source, or when
-    the controls ask to quit.  ``wait`` is how the capture thread sleeps
-    (an Event's wait, so stopping interrupts it); tests inject their own.
+    the controls ask to quit.  ``input_sinks`` get every frame the source
+    delivers and the pipeline takes, unsharpened, and never the 'camera lost' frame.
     """
 
-    def __init__(self, source, sharpener: Sharpener, controls: Controls, sinks: Sequence, *,
+    def __init__(self, source: Source, sharpener: Sharpener, controls: Controls, sinks: Sequence[Sink], *,
                  status: Optional[StatusLine] = None, max_frames: Optional[int] = None,
-                 reconnect_delays: Sequence[float] = RECONNECT_DELAYS):
+                 reconnect_delays: Sequence[float] = RECONNECT_DELAYS,
+                 input_sinks: Sequence[Sink] = ()):
         self.source = source
         self.sharpener = sharpener
         self.controls = controls
         self.sinks = list(sinks)
+        self.input_sinks = list(input_sinks)
+        self._key_sinks = [sink for sink in self.sinks if isinstance(sink, KeySink)]
         self.status = status
         self.max_frames = max_frames
         self.reconnect_delays = tuple(reconnect_delays)
@@ -233,6 +237,8 @@ class Pipeline:
 
     # -- shared per-frame work -------------------------------------------------
     def _process_and_send(self, frame: np.ndarray) -> np.ndarray:
+        for sink in self.input_sinks:
+            sink.send(frame)
         if frame.shape[:2] != self._size:
             # A camera that comes back at another resolution must not break the sinks,
             # which were opened for the first one.
@@ -397,8 +403,5 @@ class Pipeline:
         return self.summary
 
     def _poll_idle_sinks(self) -> None:
-        # A preview must keep handling keys even while no frame arrives.
-        for sink in self.sinks:
-            poll = getattr(sink, "poll_keys", None)
-            if poll is not None:
-                poll()
+        for sink in self._key_sinks:
+            sink.poll_keys()

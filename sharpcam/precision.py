@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .engine import Engine, ModelError
+from .lifetime import Lifetime
 
 PRECISIONS = ("auto", "fp32", "int8")
 SOURCE_HASH_KEY = "sharpcam.fp32_sha256"
@@ -72,7 +73,7 @@ def fastest(timings: dict) -> str:
     return min(timings, key=timings.get)
 
 
-class PrecisionChoice:
+class PrecisionChoice(Lifetime):
     """Engine-shaped pair of engines; ``choose`` (or ``warm_up``) keeps the faster one."""
 
     def __init__(self, engines: dict, repeats: int = 5, clock: Callable[[], float] = time.perf_counter):
@@ -134,13 +135,6 @@ class PrecisionChoice:
     def close(self) -> None:
         for engine in self.engines.values():
             engine.close()
-
-    def __enter__(self) -> "PrecisionChoice":
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False
 
 
 def open_engine(model_path, precision: str = "auto", notify: Optional[Callable[[str], None]] = None,

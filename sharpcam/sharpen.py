@@ -77,20 +77,21 @@ class Sharpener:
     """Turns frames into sharpened frames with one engine; tilers are made per frame size.
 
     ``tile`` is the core tile size (0 = whole frame, None = measure both on the
-    first frame size and keep the faster).
+    first frame size and keep the faster, timed by ``clock``).
     """
 
     AUTO_CANDIDATES = (256, 0)
 
-    def __init__(self, engine: Engine, tile=None, warn: Optional[Callable[[str], None]] = None):
+    def __init__(self, engine: Engine, tile=None, warn: Optional[Callable[[str], None]] = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.engine = engine
         self.tile = tile
+        self._clock = clock
         self._tilers = {}
         self.model_ms = 0.0
         self.choice_note = ""
         self._warn = warn if warn is not None else _warn_on_stderr
         self.passed_through = 0  # frames sent on unsharpened because the model's output was unusable
-        self.reused = 0  # frames identical to the one before, which did not run the model
         self._last_input = None
         self._last_rgb = None
 
@@ -114,10 +115,10 @@ class Sharpener:
                 continue  # one tile is the whole frame with a larger canvas: never faster
             batch = np.zeros(tiler.batch_shape, np.float32)
             self.engine.run(batch)  # warm-up: first runs allocate
-            start = time.perf_counter()
+            start = self._clock()
             for _ in range(repeats):
                 self.engine.run(batch)
-            timings[tile] = (time.perf_counter() - start) / repeats * 1000.0
+            timings[tile] = (self._clock() - start) / repeats * 1000.0
         best = min(timings, key=timings.get)
         if len(timings) == 1:
             return best
@@ -155,7 +156,6 @@ class Sharpener:
             return frame
         if self._same_as_last_input(frame):
             rgb, self.model_ms = self._last_rgb, 0.0
-            self.reused += 1
         else:
             tiler = self.tiler(frame.shape[0], frame.shape[1])
             out = self.engine.run(tiler.to_batch(frame))

@@ -1,4 +1,4 @@
-"""Frame sources: a webcam, a video file, and the built-in demo.
+"""Frame sources: their contract (``Source``), a webcam, a video file, and the built-in demo.
 
 Every source yields BGR uint8 H×W×3 frames through ``read()``, which returns
 ``None`` when no frame could be had (camera unplugged, end of file).  Sources
@@ -12,17 +12,62 @@ import glob
 import math
 import os
 import platform
-from typing import Optional, Union
+from typing import Optional, Protocol, Union, runtime_checkable
 
 import cv2
 import numpy as np
 
 from . import DEMO_IMAGE
+from .lifetime import Lifetime
 from .quiet import quiet_native_logs
+
+
+# Where Linux names its video devices (video0/name holds "HD Pro Webcam C920").
+V4L2_SYSFS = "/sys/class/video4linux"
 
 
 class SourceError(Exception):
     """A source cannot be opened; the message says what to do."""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the pipeline reads frames from; every source in this module is one.
+
+    Written for readers and type checkers, as pyvirtualcam's ``Backend`` is: nothing
+    inherits from it. ``open()`` acquires the camera or file and returns the source (``with
+    source:`` opens it and always closes it); ``close()`` releases it and may be called again.
+    Once open, ``width``, ``height`` and ``fps`` are what the source really delivers.
+    """
+
+    width: int
+    height: int
+    fps: float
+    #: ``read()`` blocks until the next frame arrives (a camera); otherwise the caller paces it.
+    self_paced: bool
+    #: The source ends by itself (a file played once); an endless one that returns None is lost.
+    finite: bool
+    #: Frames a finite source holds, when it says; 0 when unknown or endless.
+    frame_count: int
+
+    def open(self) -> "Source":
+        """Acquire the device or file; raises SourceError saying what to do."""
+
+    def read(self) -> Optional[np.ndarray]:
+        """The next BGR uint8 H×W×3 frame, or None when none could be had."""
+
+    def reopen(self) -> bool:
+        """One attempt to get a lost source back; whether it worked."""
+
+    def describe(self) -> str:
+        """One line for the user: what is read, at what size and rate."""
+
+    def close(self) -> None:
+        """Release what ``open`` acquired; harmless when closed already."""
+
+    def __enter__(self) -> "Source": ...
+
+    def __exit__(self, *exc) -> Optional[bool]: ...
 
 
 def _fourcc_text(value: float) -> str:
@@ -42,12 +87,12 @@ def _camera_api() -> int:
     return cv2.CAP_ANY
 
 
-class CameraSource:
+class CameraSource(Lifetime):
     """A webcam by index (``0``) or device path (``/dev/video2``)."""
 
     self_paced = True
     finite = False
-    live = True
+    frame_count = 0
 
     def __init__(self, device: Union[int, str] = 0, *, width: int = 1280, height: int = 720,
                  fps: float = 30.0, mjpg: bool = True):
@@ -127,19 +172,11 @@ class CameraSource:
             return f"camera {self.device}: asked {w}x{h} at {f:g} fps, camera delivers {delivered}"
         return f"camera {self.device}: {delivered}"
 
-    def __enter__(self):
-        return self.open()
 
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False
-
-
-class VideoFileSource:
+class VideoFileSource(Lifetime):
     """Frames from a video file, optionally looping forever."""
 
     self_paced = False
-    live = False
 
     def __init__(self, path: str, *, loop: bool = False):
         self.path = os.fspath(path)
@@ -205,15 +242,8 @@ class VideoFileSource:
         return f"file {self.path}: {self.width}x{self.height} at {self.fps:g} fps{count}" + (
             ", looping" if self.loop else "")
 
-    def __enter__(self):
-        return self.open()
 
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False
-
-
-class DemoSource:
+class DemoSource(Lifetime):
     """A slow pan and zoom over the bundled photo, degraded like a cheap webcam.
 
     The degradation (defocus blur, down/up-scaling, JPEG, sensor noise) is
@@ -222,7 +252,7 @@ class DemoSource:
 
     self_paced = False
     finite = False
-    live = False
+    frame_count = 0
 
     def __init__(self, *, width: int = 1280, height: int = 720, fps: float = 30.0, seed: int = 0,
                  image: str = DEMO_IMAGE, blur_sigma: float = 1.6, scale: float = 0.5,
@@ -290,13 +320,6 @@ class DemoSource:
     def describe(self) -> str:
         return f"demo: {self.width}x{self.height} at {self.fps:g} fps (degraded photo, seed {self.seed})"
 
-    def __enter__(self):
-        return self.open()
-
-    def __exit__(self, *exc) -> bool:
-        self.close()
-        return False
-
 
 def list_cameras(max_index: int = 10) -> list:
     """(device, description) for every camera OpenCV can open and read."""
@@ -316,7 +339,7 @@ def list_cameras(max_index: int = 10) -> list:
                 continue  # metadata nodes and v4l2loopback outputs open but deliver nothing
             fps = cap.get(cv2.CAP_PROP_FPS)
             name = ""
-            sysfs = f"/sys/class/video4linux/video{index}/name"
+            sysfs = os.path.join(V4L2_SYSFS, f"video{index}", "name")
             if os.path.exists(sysfs):
                 with open(sysfs) as f:
                     name = " " + f.read().strip()

@@ -159,3 +159,44 @@ def test_opened_source_too_large_for_free_memory_is_refused(tmp_path, monkeypatc
     rc = run_cli(["--input", clip, "--output", tmp_path / "out.avi", "--model", test_model])
     line = one_error_line(capsys.readouterr().err)
     assert rc == 1 and "160x96" in line and "memory" in line
+
+
+@pytest.fixture
+def refuse_writes_to(monkeypatch):
+    """os.access answers 'no write permission' for the paths added to the returned set.
+    It stands in for a folder or file the user may not write: chmod cannot make one in a
+    test run as root (as CI's is), whom every permission lets through."""
+    refused = set()
+    real_access = os.access
+
+    def access(path, mode, **kw):
+        if mode & os.W_OK and os.path.abspath(path) in refused:
+            return False
+        return real_access(path, mode, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+    return refused
+
+
+def test_output_in_a_folder_without_write_permission_says_so(tmp_path, refuse_writes_to, capsys,
+                                                             test_model):
+    from sharpcam.sinks import check_output_path
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    refuse_writes_to.add(str(folder))
+    out = folder / "out.avi"
+    assert "no permission" in check_output_path(str(out))
+    rc = run_cli(["--demo", "--output", out, "--model", test_model, "--max-frames", "1"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 1 and "no permission to write there" in line and str(out) in line
+    assert list(folder.iterdir()) == []
+
+
+def test_output_file_without_write_permission_says_so(tmp_path, refuse_writes_to):
+    from sharpcam.sinks import check_output_path
+    out = tmp_path / "kept.avi"
+    out.write_bytes(b"an earlier recording")
+    assert check_output_path(str(out)) is None  # writable: fine to replace
+    refuse_writes_to.add(str(out))
+    assert "no permission" in check_output_path(str(out))
+    assert out.read_bytes() == b"an earlier recording"

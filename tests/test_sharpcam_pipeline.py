@@ -98,7 +98,7 @@ def has_note(frame):
 class CountingSource:
     """Frame k carries k in its first 4 bytes (flat grey elsewhere); optional hooks make
     it fail and come back."""
-    self_paced, finite, live = True, False, True
+    self_paced, finite = True, False
 
     def __init__(self, fps=200.0, shape=(24, 32)):
         self.fps = fps
@@ -114,11 +114,14 @@ class CountingSource:
         if self.fail_from is not None and self.produced >= self.fail_from and not self.reopened.is_set():
             return None
         with self.cond:
-            frame = np.full((self.height, self.width, 3), 7, np.uint8)
+            frame = self.make_frame(self.produced)
             frame.reshape(-1)[:4] = np.array([self.produced], "<u4").view(np.uint8)
             self.produced += 1
             self.cond.notify_all()
         return frame
+
+    def make_frame(self, index):
+        return np.full((self.height, self.width, 3), 7, np.uint8)
 
     def reopen(self):
         self.reopen_attempts += 1
@@ -200,6 +203,33 @@ def test_camera_lost_keeps_frames_flowing_then_recovers():
     assert source.reopen_attempts >= 1
 
 
+def test_a_sink_that_takes_keys_is_polled_while_the_camera_is_lost():
+    """The preview handles its keys only when polled: with no frame to send, the pipeline
+    must poll it, or q and the close button stop working while the camera is away."""
+    source = CountingSource()
+    source.fail_from = 2
+
+    class KeyRecordingSink(RecordingSink):
+        polls = 0
+
+        def poll_keys(self):
+            self.polls += 1
+            if self.polls == 3:
+                source.allow_reconnect.set()
+
+    keys, plain = KeyRecordingSink(), RecordingSink()
+    controls = Controls()
+    give_up = threading.Timer(20.0, controls.quit.set)  # unpolled, the camera never comes back
+    give_up.start()
+    try:
+        summary = Pipeline(source, Bypass(), controls, [plain, keys], max_frames=4,
+                           reconnect_delays=(0.001,)).run_live()
+    finally:
+        give_up.cancel()
+    assert summary.reconnects == 1 and keys.polls >= 3
+    assert not hasattr(plain, "poll_keys")  # a sink without keys is left alone
+
+
 def test_quit_key_stops_live_pipeline():
     source = CountingSource()
     controls = Controls()
@@ -231,12 +261,62 @@ def test_key_applies_on_the_next_frame():
     assert states == [False, False, True, True]
 
 
-def test_live_pipeline_with_real_engine(engine):
-    source = CountingSource(shape=(40, 56))
-    sink = RecordingSink()
-    summary = Pipeline(source, Sharpener(engine, tile=32), Controls(), [sink], max_frames=3).run_live()
-    assert summary.frames == 3 and summary.model_ms > 0
-    assert sink.frames[0].shape == (40, 56, 3)
+class TexturedSource(CountingSource):
+    """Random texture, different for every frame, so the model has detail to work on."""
+
+    def make_frame(self, index):
+        return np.random.default_rng(index).integers(0, 256, (self.height, self.width, 3), np.uint8)
+
+
+class InputRecorder:
+    """Wraps a sharpener and keeps the frames it was given (live mode may drop some)."""
+
+    def __init__(self, sharpener):
+        self.sharpener, self.inputs = sharpener, []
+
+    @property
+    def model_ms(self):
+        return self.sharpener.model_ms
+
+    def process(self, frame, state):
+        self.inputs.append(frame.copy())
+        return self.sharpener.process(frame, state)
+
+
+def engine_on_whole_frame(engine, frame):
+    """The model's own result for a BGR frame (sides multiples of its size_multiple): the
+    engine run directly on the whole frame, as float BGR in [0, 255]."""
+    batch = frame[..., ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255
+    return engine.run(np.ascontiguousarray(batch))[0][::-1].transpose(1, 2, 0) * 255
+
+
+def test_live_pipeline_sends_the_models_frame_and_keys_change_it(engine):
+    """With the real engine (tiled), each frame sent is the model's own result for that
+    frame; space sends the input untouched, s the split view, - lowers the strength."""
+    source = TexturedSource(shape=(96, 128))  # 3x4 tiles of 32 in 56x56 windows
+    controls = Controls()
+    keys_after = {1: " ", 2: " s", 3: "s-----"}  # after the Nth frame: off, split, on at 0.5
+
+    def on_frame(frame):
+        for key in keys_after.get(len(sink.frames), ""):
+            controls.press(key)
+
+    sink = RecordingSink(on_frame)
+    sharpener = InputRecorder(Sharpener(engine, tile=32))
+    summary = Pipeline(source, sharpener, controls, [sink], max_frames=4).run_live()
+    assert summary.frames == 4 and summary.model_ms > 0
+    (on, off, split, half), inputs = sink.frames, sharpener.inputs
+    model = [engine_on_whole_frame(engine, frame) for frame in inputs]
+
+    assert np.abs(on.astype(int) - np.clip(model[0], 0, 255)).max() <= 1
+    assert np.abs(on.astype(int) - inputs[0]).mean() > 2  # the model changed the frame
+    assert np.array_equal(off, inputs[1])
+    mid = source.width // 2
+    assert np.array_equal(split[:, :mid - 1], inputs[2][:, :mid - 1])
+    assert np.all(split[:, mid - 1:mid + 1] == 255)
+    assert np.abs(split[:, mid + 1:].astype(int) - np.clip(model[2], 0, 255)[:, mid + 1:]).max() <= 1
+    blend = np.clip(inputs[3] + 0.5 * (model[3] - inputs[3]), 0, 255)
+    assert np.abs(half.astype(int) - blend).max() <= 1
 
 
 class FakeClock:
@@ -245,6 +325,54 @@ class FakeClock:
 
     def __call__(self):
         return self.t
+
+
+def test_rate_meter_counts_frames_per_second_over_its_window():
+    from sharpcam.pipeline import RateMeter
+    clock = FakeClock()
+    meter = RateMeter(window=2.0, clock=clock)
+    meter.tick()
+    assert meter.rate == 0.0  # one event is no rate yet
+    for k in range(1, 31):  # 10 frames a second for 3 s
+        clock.t = k * 0.1
+        meter.tick()
+    assert meter.rate == pytest.approx(10.0)
+    for k in range(1, 61):  # then 25 a second: after 2.4 s the window holds only these
+        clock.t = 3.0 + k * 0.04
+        meter.tick()
+    assert meter.rate == pytest.approx(25.0)
+
+
+def test_progress_draws_a_bar_of_frames_done():
+    stream, clock = io.StringIO(), FakeClock()
+    progress = Progress(40, StatusLine(stream, clock=clock))
+    for done, fps in ((10, 12.5), (40, 30.0)):
+        clock.t += 1.0  # a second apart: every update is drawn
+        progress.update(done, fps)
+    quarter, full = stream.getvalue().splitlines()
+    assert quarter == "[" + "#" * (30 * 10 // 40) + " " * (30 - 30 * 10 // 40) + "] 10/40 frames 12.5 fps"
+    assert full == "[" + "#" * 30 + "] 40/40 frames 30.0 fps"
+
+
+def test_file_mode_shows_progress_as_it_goes(tmp_path):
+    """run_file reports every frame it writes (the clock lets each line through), then the total."""
+    class TickingClock(FakeClock):
+        def __call__(self):
+            self.t += 1.0
+            return self.t
+
+    class FiveFrames(CountingSource):
+        finite = True
+
+        def read(self):
+            return super().read() if self.produced < 5 else None
+
+    stream = io.StringIO()
+    summary = Pipeline(FiveFrames(), Bypass(), Controls(), [RecordingSink()]).run_file(
+        Progress(5, StatusLine(stream, clock=TickingClock())))
+    lines = stream.getvalue().splitlines()
+    assert summary.frames == 5
+    assert [line.split("] ")[1].split()[0] for line in lines] == ["1/5", "2/5", "3/5", "4/5", "5/5", "5/5"]
 
 
 def test_status_line_rate_limited_when_not_a_tty():
@@ -271,13 +399,26 @@ def test_status_line_rewrites_in_place_on_a_tty():
     assert stream.getvalue() == "\ra long line\rshort      \n"
 
 
-def test_bench_prints_a_table(capsys, test_model):
-    assert main(["bench", "--model", str(test_model), "--threads", "1", "--sizes", "64x48,96x64",
+BENCH_CELL = re.compile(r"(\d+\.\d) fps \((\d+\.\d) ms\) cpu (\d+\.\d)")
+
+
+def test_bench_prints_a_consistent_table(capsys, test_model):
+    import os
+    sizes = ["64x48", "96x64"]
+    assert main(["bench", "--model", str(test_model), "--threads", "1", "--sizes", ",".join(sizes),
                  "--seconds", "0", "--tile", "32"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "off" in lines[1] and "unsharp" in lines[1] and "model tile 32" in lines[1] and "model whole" in lines[1]
-    assert lines[2].startswith("64x48") and lines[3].startswith("96x64")
-    assert lines[2].count("fps") == 4
+    header, rows = lines[1], lines[2:]
+    columns = ["off", "unsharp", "model tile 32", "model whole"]
+    assert sorted(columns, key=header.index) == columns and "cpu" in header
+    assert [row.split()[0] for row in rows] == sizes  # one row per resolution, in order
+    for row in rows:
+        cells = [tuple(map(float, cell)) for cell in BENCH_CELL.findall(row)]
+        assert len(cells) == len(columns), row
+        for fps, ms, cpu in cells:
+            # ms is 1000 / fps, each printed to 0.1: the bounds allow for both roundings.
+            assert fps > 0.05 and 1000 / (fps + 0.05) - 0.05 <= ms <= 1000 / (fps - 0.05) + 0.05, row
+            assert 0 <= cpu <= os.cpu_count(), row  # cores kept busy: never more than there are
 
 
 def test_source_that_raises_is_treated_as_lost():
@@ -456,7 +597,7 @@ def test_bench_reports_cpu_use_next_to_frames_per_second():
     cpu = {}
     for name, engine in (("busy", BusyEngine()), ("sleeping", SleepingEngine())):
         stream = io.StringIO()
-        rows = bench(engine, sizes=((32, 24),), tile=32, seconds=0.3, out=stream)
+        rows = bench(engine, sizes=((32, 24),), tile=32, seconds=0.1, out=stream)
         assert "cpu" in stream.getvalue().splitlines()[0]
         (_, cells), = rows
         fps, cpu[name] = cells[-1]  # the whole-frame model column
@@ -498,7 +639,7 @@ def test_capture_does_not_spin_on_a_source_that_returns_at_once():
     import time
 
     class FrozenCamera:
-        self_paced, finite, live, fps, height, width = True, False, True, 50.0, 8, 12
+        self_paced, finite, fps, height, width = True, False, 50.0, 8, 12
         reads = 0
 
         def read(self):

@@ -96,3 +96,39 @@ def test_smallest_useful_tile_is_twice_the_margin():
     problem = tile_problem(7, 115, 16)
     assert "289x" in problem and "--tile 256" in problem
     assert min_useful_tile(0, 8) == 8 and tile_problem(8, 0, 8) is None
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+class TimedEngine:
+    """Takes ``whole_ms`` for a whole-frame batch and ``tiles_ms`` for a batch of tiles, on
+    a fake clock: what --tile auto measures, without timing anything real."""
+    receptive_radius, size_multiple, last_ms = 12, 4, 0.0
+
+    def __init__(self, clock, whole_ms, tiles_ms):
+        self.clock, self.whole_ms, self.tiles_ms = clock, whole_ms, tiles_ms
+
+    def run(self, batch):
+        self.last_ms = self.whole_ms if batch.shape[0] == 1 else self.tiles_ms
+        self.clock.t += self.last_ms / 1000.0
+        return batch
+
+
+@pytest.mark.parametrize("whole_ms,tiles_ms,chosen,named", [
+    (40.0, 25.0, 256, "tile 256"),       # a GPU that prefers small batches of tiles
+    (25.0, 40.0, 0, "whole frame"),      # a CPU, where the whole frame wins
+])
+def test_tile_auto_keeps_the_faster_of_tiles_and_whole_frame(whole_ms, tiles_ms, chosen, named):
+    from sharpcam.sharpen import Sharpener
+    clock = FakeClock()
+    sharpener = Sharpener(TimedEngine(clock, whole_ms, tiles_ms), tile=None, clock=clock)
+    tiler = sharpener.tiler(300, 520)  # 2x3 tiles of 256: both candidates are measured
+    assert sharpener.tile == chosen and tiler.tile == chosen
+    assert sharpener.choice_note == (f"auto tiling: tile 256 {tiles_ms:.1f} ms, "
+                                     f"whole frame {whole_ms:.1f} ms -> {named}")

@@ -1,0 +1,77 @@
+"""The options ``sharpcam`` and ``sharpcam bench`` share, and the engine they ask for.
+
+Owns the argparse value types both commands use, the model options (``--model``,
+``--device``, ``--threads``, ``--precision``) and ``open_engine_from``, the one place
+that turns those options into an engine.  A problem the user can fix is a
+``UsageError``, which the command prints as one ``sharpcam: error:`` line.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Callable
+
+from . import DEFAULT_MODEL
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed as one `sharpcam: error:` line."""
+
+
+def bounded_float(low: float, high: float, not_a_number: str, out_of_range: str):
+    """An argparse type: a float in [low, high], else one of the two messages."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(not_a_number) from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(out_of_range)
+        return number
+    return parse
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a positive integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return n
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
+                   help="student ONNX model (default: the one shipped with sharpcam)")
+    g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="execution provider: auto picks CUDA, DirectML, CoreML or OpenVINO when installed")
+    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU threads for inference (default: the cores less one for the call "
+                        "app, at most 4; all of them below 4 cores)")
+    g.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
+                   help="fp32 model or its INT8 sibling (NAME.int8.onnx); auto (default) = "
+                        "the faster, measured at start")
+    g.add_argument("--receptive-radius", type=int, default=None, metavar="PX",
+                   help=argparse.SUPPRESS)  # for foreign models without SharpCam metadata
+    g.add_argument("--size-multiple", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
+
+
+def open_engine_from(args: argparse.Namespace, notify: Callable[[str], None]):
+    """The engine (an Engine, or a PrecisionChoice of two) that the model options ask for;
+    ``notify`` hears why an INT8 sibling was passed over. Raises UsageError."""
+    # Imported here so that `sharpcam --help` and usage errors do not wait for onnxruntime.
+    from .engine import ModelError
+    from .precision import open_engine
+
+    if os.path.abspath(args.model) == os.path.abspath(DEFAULT_MODEL) and not os.path.isfile(DEFAULT_MODEL):
+        raise UsageError(f"the bundled model is missing from this installation ({DEFAULT_MODEL}); "
+                         "reinstall sharpcam, or pass --model PATH to a student .onnx")
+    try:
+        return open_engine(args.model, args.precision, notify=notify, device=args.device,
+                           threads=args.threads, receptive_radius=args.receptive_radius,
+                           size_multiple=args.size_multiple)
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
