@@ -10,12 +10,21 @@ import tempfile
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    # The umask can only be read by setting it; done once, at import, so no file that
+    # another thread creates later can catch the process with a umask of 0.
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def readable_mode() -> int:
     """The mode a plain open() would give a new file; mkstemp's 0600 would make shipped
     models unreadable to other users."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_UMASK
 
 
 def write_atomically(path, data: bytes) -> Path:
