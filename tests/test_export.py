@@ -1,8 +1,6 @@
 """ONNX export: the contract sharpcam relies on, self-verification, and the command line."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -11,6 +9,7 @@ import torch
 from torch import nn
 
 from models import build_student, save_checkpoint
+from training import export
 from training.export import ExportError, export_student
 
 
@@ -83,25 +82,23 @@ def test_parity_failure_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_command_line_exports_a_checkpoint(tmp_path):
+def test_command_line_exports_a_checkpoint(tmp_path, capsys):
     model = trained_looking(build_student("realtime"))
     ckpt = save_checkpoint(tmp_path / "student.pt", arch=model.arch, config=model.config,
                            state_dict=model.state_dict(), meta={"epochs": 1})
     out = tmp_path / "out" / "student.onnx"
-    result = subprocess.run([sys.executable, "-m", "training.export", str(ckpt), "-o", str(out)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "wrote" in result.stdout and out.is_file()
+    export.main([str(ckpt), "-o", str(out)])
+    assert "wrote" in capsys.readouterr().out and out.is_file()
     meta = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_modelmeta()
     assert json.loads(meta.custom_metadata_map["sharpcam.training"]) == {"epochs": 1}
 
 
-def test_command_line_names_a_bad_checkpoint_in_one_line(tmp_path):
+def test_command_line_names_a_bad_checkpoint_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     bad = tmp_path / "student.pt"
     bad.write_text("not a checkpoint")
-    result = subprocess.run([sys.executable, "-m", "training.export", str(bad)],
-                            capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode != 0
-    assert result.stderr.strip().count("\n") == 0
-    assert "not a PyTorch checkpoint" in result.stderr
+    with pytest.raises(SystemExit) as stop:  # a string exit code: Python prints it alone, no traceback
+        export.main([str(bad)])
+    message = str(stop.value.code)
+    assert "\n" not in message and "not a PyTorch checkpoint" in message
     assert not (tmp_path / "student.onnx").exists()
