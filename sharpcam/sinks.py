@@ -251,6 +251,20 @@ VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", 
 ANY_SIZE_EXTENSIONS = (".avi",)
 
 
+def file_creation_refusal(folder: str) -> Optional[str]:
+    """Why no file can be created in ``folder``, in the system's words, or None.
+
+    os.access says yes to root everywhere, /proc and /sys included: only creating a file
+    (temporary names are created the same way) tells whether the folder takes one."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sharpcam-probe-")
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    os.remove(probe)
+    return None
+
+
 def check_output_path(path: str) -> Optional[str]:
     """Why ``path`` cannot be written as a video, or None if it can."""
     if os.path.isdir(path):
@@ -264,15 +278,9 @@ def check_output_path(path: str) -> Optional[str]:
         return f"--output {path}: folder {folder} does not exist; create it first"
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return f"--output {path}: no permission to write there; choose another path"
-    # os.access says yes to root everywhere, /proc and /sys included: only creating a file
-    # (the temporary name is created the same way) tells whether the folder takes one.
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sharpcam-probe-")
-    except OSError as exc:
-        return (f"--output {path}: cannot create a file in {folder} ({exc.strerror or exc}); "
-                "choose a folder you can write to")
-    os.close(fd)
-    os.remove(probe)
+    refusal = file_creation_refusal(folder)
+    if refusal:
+        return f"--output {path}: cannot create a file in {folder} ({refusal}); choose a folder you can write to"
     return None
 
 
@@ -374,12 +382,12 @@ def check_frame_folder(folder: str) -> Optional[str]:
         return f"--save-frames {folder} is a file; give a folder (it is made if missing)"
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".sharpcam-probe-")
     except OSError as exc:
-        return (f"--save-frames {folder}: cannot write there ({exc.strerror or exc}); "
-                "choose a folder you can write to")
-    os.close(fd)
-    os.remove(probe)
+        refusal = exc.strerror or str(exc)
+    else:
+        refusal = file_creation_refusal(folder)
+    if refusal:
+        return f"--save-frames {folder}: cannot write there ({refusal}); choose a folder you can write to"
     return None
 
 

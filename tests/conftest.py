@@ -125,6 +125,32 @@ def nan_model(path):
         [nh.from_array(np.array(np.nan, np.float32), "nan")]))
 
 
+def sharpcam_stopped_by_sigterm(args, marker: str, env=None):
+    """Run ``python -m sharpcam ARGS``, wait until ``marker`` shows on its stderr (frames are
+    flowing), send SIGTERM as a service manager's stop does; returns (exit code, stdout,
+    everything on stderr)."""
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "sharpcam", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline, seen = time.monotonic() + 120, ""
+        while marker not in seen:
+            assert time.monotonic() < deadline and proc.poll() is None, seen
+            if select.select([proc.stderr], [], [], 0.5)[0]:
+                seen += proc.stderr.readline()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, stdout, seen + stderr
+
+
 def write_clip(path, frames=12, size=(160, 96), fps=15):
     """A clip of random frames; .avi files are written by OpenCV's own MJPEG encoder, which
     keeps any frame size (FFmpeg's rounds odd sizes down to even), others as mp4v."""

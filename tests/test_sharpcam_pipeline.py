@@ -1,13 +1,15 @@
 """The pipeline end to end: file mode through the CLI, live mode with fake sources."""
 import io
+import os
 import re
+import signal
 import threading
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import video_facts, write_clip
+from conftest import sharpcam_stopped_by_sigterm, video_facts, write_clip
 from sharpcam.cli import main
 from sharpcam.controls import ControlState, Controls
 from sharpcam.pipeline import FrameSlot, Pipeline, Progress, StatusLine
@@ -483,32 +485,11 @@ def test_status_note_stays_above_the_status_line_on_a_tty():
 
 def test_sigterm_in_file_mode_finishes_the_file(tmp_path, test_model):
     """`kill -TERM` during `--input clip --loop --output out` keeps what was written."""
-    import os
-    import select
-    import signal
-    import subprocess
-    import sys
-    import time
-
     clip = write_clip(tmp_path / "clip.avi", frames=6)
     out = tmp_path / "out.avi"
-    proc = subprocess.Popen([sys.executable, "-m", "sharpcam", "--input", str(clip), "--loop",
-                             "--output", str(out), "--model", str(test_model)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        seen = ""
-        while " frames " not in seen:  # the progress line: frames are being written
-            assert time.monotonic() < deadline and proc.poll() is None, seen
-            if select.select([proc.stderr], [], [], 0.5)[0]:
-                seen += proc.stderr.readline()
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    code, stdout, stderr = sharpcam_stopped_by_sigterm(
+        ["--input", clip, "--loop", "--output", out, "--model", test_model], " frames ")  # the progress line
+    assert code == 128 + signal.SIGTERM, stderr
     written = int(re.search(r"frames=(\d+)", stdout).group(1))
     assert written >= 1 and video_facts(out)[0] == written
     assert not list(tmp_path.glob(".*partial*")) and os.path.exists(clip)

@@ -1,8 +1,12 @@
 """The preview window and its hotkeys on a real (virtual) X display, and the display check."""
+import os
+import re
+
 import cv2
 import numpy as np
 import pytest
 
+from conftest import sharpcam_stopped_by_sigterm, video_facts
 from sharpcam.cli import main
 from sharpcam.controls import Controls
 from sharpcam.sinks import PreviewSink, display_problem
@@ -112,34 +116,12 @@ def test_terminal_hotkeys_drive_a_running_sharpcam(xvfb_display, test_model, tmp
 def test_sigterm_ends_a_live_run_like_q(xvfb_display, test_model, tmp_path):
     """`kill -TERM` (a service manager's stop) during a live run with a preview and a
     recording: the summary is printed, the recording finished under its name, exit 0."""
-    import os
-    import re
-    import select
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import video_facts
     out = tmp_path / "live.avi"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sharpcam", "--demo", "--preview", "--no-vcam", "--output", str(out),
-         "--model", str(test_model), "--width", "160", "--height", "96", "--fps", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    code, _, stderr = sharpcam_stopped_by_sigterm(
+        ["--demo", "--preview", "--no-vcam", "--output", out, "--model", test_model, "--width", "160",
+         "--height", "96", "--fps", "20"], "mode=on",  # the live status line
         env=dict(os.environ, DISPLAY=xvfb_display))
-    try:
-        deadline, seen = time.monotonic() + 120, ""
-        while "mode=on" not in seen:  # the live status line: frames are flowing
-            assert time.monotonic() < deadline and proc.poll() is None, seen
-            if select.select([proc.stderr], [], [], 0.5)[0]:
-                seen += proc.stderr.readline()
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, seen + stderr
+    assert code == 0, stderr
     written = int(re.search(r"stopped: frames=(\d+)", stderr).group(1))
     assert written >= 1 and video_facts(out)[0] >= written  # live recordings repeat frames to keep time
     assert not list(tmp_path.glob(".*partial*")) and "Traceback" not in stderr
