@@ -39,6 +39,8 @@ from typing import Optional
 
 import cv2
 import numpy as np
+import skimage
+import skimage.data
 
 from sharpcam.atomic_file import write_atomically
 from training.data import BUILTIN_TRAIN, BUILTIN_VAL, builtin_dir, list_images, read_image, split_names, warn
@@ -250,7 +252,6 @@ def package_photos(package: str, root: Path, version: Optional[str], rank: int) 
 def builtin_licences() -> dict[str, str]:
     """Licence sentences from the docstrings of skimage.data's loaders, by file name (its
     data README lists no licences; the loaders' docstrings do)."""
-    import skimage.data
     notes: dict[str, str] = {}
     for name in dir(skimage.data):
         loader = getattr(skimage.data, name, None)
@@ -273,7 +274,6 @@ def builtin_licences() -> dict[str, str]:
 
 
 def builtin_photos() -> list[Photo]:
-    import skimage
     folder, notes = builtin_dir(), builtin_licences()
     photos = []
     for name in BUILTIN_TRAIN + BUILTIN_VAL:

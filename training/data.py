@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+import skimage.data
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -84,7 +85,6 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def builtin_dir() -> Path:
-    import skimage.data
     return Path(skimage.data.__file__).parent
 
 

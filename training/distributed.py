@@ -6,7 +6,10 @@ of world size 1. Only rank 0 (``is_main``) writes checkpoints, logs and bars.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +83,6 @@ def barrier(runtime: Runtime) -> None:
 
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on CUDA when asked; a no-op context elsewhere."""
-    import contextlib
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -92,8 +94,6 @@ class StopRequest:
     Under DDP the ranks agree on the stop, so none is left waiting in an all-reduce."""
 
     def __init__(self, runtime: Runtime):
-        import signal
-        import threading
         self.runtime, self.flag = runtime, False
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -111,6 +111,5 @@ class StopRequest:
         return bool(t.item())
 
     def restore(self) -> None:
-        import signal
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)

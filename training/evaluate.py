@@ -269,6 +269,7 @@ def save_figure(path: Path, fig) -> None:
 
 def save_grid(path: Path, samples: list[tuple[np.ndarray, np.ndarray]], columns: dict[str, Restorer],
               title: str) -> None:
+    # Here, not at the top: pyplot takes a second to import and only the end of a run draws.
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

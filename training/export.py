@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
+import skimage.data
 import torch
 
 from models import CheckpointError, ResidualUNet, load_checkpoint
@@ -36,8 +38,7 @@ class ExportError(RuntimeError):
 def sample_photo(height: int, width: int) -> np.ndarray:
     """A real photograph (scikit-image's astronaut, read from the installed package),
     H×W×3 float32 in [0, 1]: parity on natural images, not only on noise."""
-    from skimage import data
-    photo = data.astronaut()[:height, :width].astype(np.float32) / 255.0
+    photo = skimage.data.astronaut()[:height, :width].astype(np.float32) / 255.0
     return np.ascontiguousarray(photo)
 
 
@@ -68,7 +69,6 @@ def _onnx_bytes(model, example: torch.Tensor) -> bytes:
 
 def max_parity_error(model, onnx_model: onnx.ModelProto, images: list[np.ndarray]) -> float:
     """Largest |torch − onnxruntime| over the given N×3×H×W batches."""
-    import onnxruntime as ort
     session = ort.InferenceSession(onnx_model.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     worst = 0.0

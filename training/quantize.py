@@ -35,8 +35,11 @@ from typing import Optional
 
 import numpy as np
 import onnx
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quant_pre_process, quantize_static)
 
 from sharpcam.atomic_file import write_atomically
+from sharpcam.engine import Engine, ModelError
 from sharpcam.precision import SOURCE_HASH_KEY, file_sha256, int8_sibling
 from training import data as datasets
 from training import evaluate
@@ -126,8 +129,6 @@ def as_batch(image: np.ndarray) -> np.ndarray:
 
 
 def crop_reader(batches: list[np.ndarray]):
-    from onnxruntime.quantization import CalibrationDataReader
-
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.batches = iter(batches)
@@ -189,7 +190,6 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
 def preprocess(model: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
     """onnxruntime's pre-processing (graph optimisation and shape inference); the symbolic
     shape inference gives up on dynamic SpaceToDepth, ONNX's own does the work."""
-    from onnxruntime.quantization import quant_pre_process
     src, dst = workdir / "fp32.onnx", workdir / "pre.onnx"
     onnx.save(model, src)
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
@@ -199,7 +199,6 @@ def preprocess(model: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
 def quantize(model: onnx.ModelProto, crops: list[np.ndarray], exclude: list[str],
              workdir: Path, op_types: Optional[list[str]] = QUANTIZED_OP_TYPES) -> onnx.ModelProto:
     """QDQ INT8 of the `op_types` nodes (None: every op onnxruntime can quantise)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     src, dst = workdir / "to_quantize.onnx", workdir / "int8.onnx"
     onnx.save(model, src)
     quantize_static(
@@ -279,7 +278,6 @@ def worst_cost(quality: dict) -> tuple[str, float]:
 
 def quantize_student(opts: Options) -> tuple[Path, dict]:
     """Quantise, check, write; returns (path written, the settings and check results)."""
-    from sharpcam.engine import Engine, ModelError
     fp32 = onnx.load(opts.model)
     meta = {p.key: p.value for p in fp32.metadata_props}
     multiple = int(meta.get("sharpcam.size_multiple", 32))

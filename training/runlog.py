@@ -69,6 +69,7 @@ def restore_rng(state: dict) -> None:
 
 def plot_curves(records: list[dict], path: Path, title: str) -> None:
     """Training losses per step and validation PSNR per evaluation, as ``loss.png``."""
+    # Here, not at the top: pyplot takes a second to import and only the end of a run draws.
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
