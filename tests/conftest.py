@@ -1,9 +1,16 @@
 """Fixtures for the sharpcam tests: small student-like ONNX models built with onnx.helper."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import select
+import shutil
+import signal
+import subprocess
+import sys
+import termios
 import time
 
 import numpy as np
@@ -129,11 +136,6 @@ def sharpcam_stopped_by_sigterm(args, marker: str, env=None):
     """Run ``python -m sharpcam ARGS``, wait until ``marker`` shows on its stderr (frames are
     flowing), send SIGTERM as a service manager's stop does; returns (exit code, stdout,
     everything on stderr)."""
-    import select
-    import signal
-    import subprocess
-    import sys
-    import time
     proc = subprocess.Popen([sys.executable, "-m", "sharpcam", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -193,7 +195,6 @@ def engine(test_model):
 
 
 def _free_display_number():
-    import os
     for n in range(90, 200):
         if not os.path.exists(f"/tmp/.X{n}-lock") and not os.path.exists(f"/tmp/.X11-unix/X{n}"):
             return n
@@ -217,11 +218,6 @@ def missing_x_part(what: str):
 @pytest.fixture(scope="session")
 def xvfb_server():
     """A private Xvfb server for the session, torn down after; yields its display name."""
-    import os
-    import shutil
-    import subprocess
-    import time
-
     binary = shutil.which("Xvfb")
     if not binary:
         missing_x_part("Xvfb is not installed")
@@ -331,6 +327,16 @@ def only_recorder(monkeypatch):
     return RecordingBackend
 
 
+class FakeClock:
+    """A clock that stands still until a test moves ``t``: timing logic without timing."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
 class PtyTranscript:
     """What a process has written to its pseudo-terminal so far (``seen``), read from
     ``master``; ``until`` waits for a text, failing with the transcript if the process
@@ -345,3 +351,32 @@ class PtyTranscript:
             assert time.monotonic() < end and self.proc.poll() is None, self.seen.decode(errors="replace")
             if select.select([self.master], [], [], 0.5)[0]:
                 self.seen += os.read(self.master, 4096)
+
+    def drain(self) -> None:
+        """Everything still buffered, once the process has ended."""
+        while select.select([self.master], [], [], 0.2)[0]:
+            try:
+                self.seen += os.read(self.master, 4096)
+            except OSError:  # the other side is closed and nothing is left
+                break
+
+
+@contextlib.contextmanager
+def sharpcam_on_a_terminal(args, env=None):
+    """``python -m sharpcam ARGS`` with a pseudo-terminal as stdin, stdout and stderr, as a
+    user starts it; yields its ``PtyTranscript`` (``before``: the terminal's settings from
+    before the start) and always ends the process and closes the terminal."""
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen([sys.executable, "-m", "sharpcam", *map(str, args)],
+                            stdin=slave, stdout=slave, stderr=slave, env=env)
+    transcript = PtyTranscript(master, proc)
+    transcript.slave, transcript.before = slave, before
+    try:
+        yield transcript
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)

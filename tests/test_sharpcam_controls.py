@@ -6,6 +6,7 @@ import termios
 import numpy as np
 import pytest
 
+from conftest import sharpcam_on_a_terminal, video_facts, write_clip
 from sharpcam.controls import ControlState, Controls, TerminalKeys, apply_key
 from sharpcam.sharpen import Sharpener, draw_split, to_uint8_bgr
 
@@ -134,43 +135,21 @@ def test_non_finite_output_passes_the_frame_through_and_warns_once():
 
 def test_keys_work_in_file_mode_and_are_not_echoed(tmp_path, test_model):
     """`sharpcam --input clip --output out` in a terminal: q ends the file cleanly."""
-    import select
-    import subprocess
-    import sys
-
-    from conftest import PtyTranscript, video_facts, write_clip
     clip = write_clip(tmp_path / "clip.avi", frames=6)
     out = tmp_path / "out.avi"
-    master, slave = pty.openpty()
-    before = termios.tcgetattr(slave)
-    proc = subprocess.Popen([sys.executable, "-m", "sharpcam", "--input", str(clip), "--loop",
-                             "--output", str(out), "--model", str(test_model)],
-                            stdin=slave, stdout=slave, stderr=slave)
-    transcript = PtyTranscript(master, proc)
-
-    try:
-        transcript.until(b" frames ")
-        mark = len(transcript.seen)
-        os.write(master, b"z")  # no such key: ignored, and not echoed onto the progress bar
-        transcript.until(b" fps", limit=30)
-        os.write(master, b"q")
-        assert proc.wait(timeout=60) == 0, transcript.seen.decode(errors="replace")
-        while select.select([master], [], [], 0.2)[0]:
-            try:
-                transcript.seen += os.read(master, 4096)
-            except OSError:
-                break
-        seen = transcript.seen
+    with sharpcam_on_a_terminal(["--input", clip, "--loop", "--output", out, "--model", test_model]) as terminal:
+        terminal.until(b" frames ")
+        mark = len(terminal.seen)
+        os.write(terminal.master, b"z")  # no such key: ignored, and not echoed onto the progress bar
+        terminal.until(b" fps", limit=30)
+        os.write(terminal.master, b"q")
+        assert terminal.proc.wait(timeout=60) == 0, terminal.seen.decode(errors="replace")
+        terminal.drain()
+        seen = terminal.seen
         assert b"z" not in seen[mark:], seen[mark:]
         assert b"keys: space on/off" in seen
-        assert termios.tcgetattr(slave) == before
+        assert termios.tcgetattr(terminal.slave) == terminal.before
         assert video_facts(out)[0] >= 1
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-        os.close(slave)
 
 
 class CountingEngine(ConstantEngine):

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import sharpcam_stopped_by_sigterm, video_facts, write_clip
+from conftest import FakeClock, sharpcam_stopped_by_sigterm, video_facts, write_clip
 from sharpcam.cli import main
 from sharpcam.controls import ControlState, Controls
 from sharpcam.pipeline import FrameSlot, Pipeline, Progress, StatusLine
@@ -319,14 +319,6 @@ def test_live_pipeline_sends_the_models_frame_and_keys_change_it(engine):
     assert np.abs(split[:, mid + 1:].astype(int) - np.clip(model[2], 0, 255)[:, mid + 1:]).max() <= 1
     blend = np.clip(inputs[3] + 0.5 * (model[3] - inputs[3]), 0, 255)
     assert np.abs(half.astype(int) - blend).max() <= 1
-
-
-class FakeClock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
 
 
 def test_rate_meter_counts_frames_per_second_over_its_window():

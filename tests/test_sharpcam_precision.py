@@ -3,19 +3,11 @@ it measures faster."""
 import numpy as np
 import pytest
 
-from conftest import build_test_model
+from conftest import FakeClock, build_test_model
 from sharpcam.cli import main
 from sharpcam.engine import Engine, ModelError
 from sharpcam.precision import (SOURCE_HASH_KEY, PrecisionChoice, file_sha256, int8_sibling,
                                 open_engine)
-
-
-class FakeClock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
 
 
 class FakeEngine:

@@ -1,12 +1,13 @@
 """The preview window and its hotkeys on a real (virtual) X display, and the display check."""
 import os
 import re
+import termios
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import sharpcam_stopped_by_sigterm, video_facts
+from conftest import sharpcam_on_a_terminal, sharpcam_stopped_by_sigterm, video_facts
 from sharpcam.cli import main
 from sharpcam.controls import Controls
 from sharpcam.sinks import PreviewSink, display_problem
@@ -80,37 +81,16 @@ def test_cli_live_demo_with_preview(xvfb_display, capsys, test_model):
 
 def test_terminal_hotkeys_drive_a_running_sharpcam(xvfb_display, test_model, tmp_path):
     """The real command in a pseudo-terminal: space switches off, q quits, the tty is restored."""
-    import os
-    import pty
-    import subprocess
-    import sys
-    import termios
-
-    from conftest import PtyTranscript
-
-    master, slave = pty.openpty()
-    before = termios.tcgetattr(slave)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sharpcam", "--demo", "--preview", "--no-vcam", "--model", str(test_model),
-         "--width", "160", "--height", "96", "--fps", "20"],
-        stdin=slave, stdout=slave, stderr=slave, env=dict(os.environ, DISPLAY=xvfb_display),
-        cwd=os.getcwd())
-    transcript = PtyTranscript(master, proc)
-
-    try:
-        transcript.until(b"keys: space on/off")
-        transcript.until(b"mode=on")
-        os.write(master, b" ")
-        transcript.until(b"mode=off")
-        os.write(master, b"q")
-        assert proc.wait(timeout=60) == 0
-        assert termios.tcgetattr(slave) == before
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-        os.close(slave)
+    with sharpcam_on_a_terminal(["--demo", "--preview", "--no-vcam", "--model", test_model, "--width", "160",
+                                 "--height", "96", "--fps", "20"],
+                                env=dict(os.environ, DISPLAY=xvfb_display)) as terminal:
+        terminal.until(b"keys: space on/off")
+        terminal.until(b"mode=on")
+        os.write(terminal.master, b" ")
+        terminal.until(b"mode=off")
+        os.write(terminal.master, b"q")
+        assert terminal.proc.wait(timeout=60) == 0
+        assert termios.tcgetattr(terminal.slave) == terminal.before
 
 
 def test_sigterm_ends_a_live_run_like_q(xvfb_display, test_model, tmp_path):

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from conftest import FakeClock
 from sharpcam.tiling import Tiler
 
 
@@ -96,14 +97,6 @@ def test_smallest_useful_tile_is_twice_the_margin():
     problem = tile_problem(7, 115, 16)
     assert "289x" in problem and "--tile 256" in problem
     assert min_useful_tile(0, 8) == 8 and tile_problem(8, 0, 8) is None
-
-
-class FakeClock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
 
 
 class TimedEngine:
