@@ -194,20 +194,11 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def run(args) -> int:
-    # Here, not at the top: OpenCV and onnxruntime take about a third of a second to load, which
-    # `sharpcam --help`, --version and usage errors should not wait for.
-    from .engine import ModelError
-    from .pipeline import Pipeline, Progress, StatusLine
-    from .quiet import quiet_native_logs
-    from .sharpen import Sharpener
-    from .sinks import (FrameFolderSink, PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
-                        VirtualCameraUnavailable, check_frame_folder, check_output_path,
-                        display_problem)
-    from .sources import CameraSource, DemoSource, SourceError, VideoFileSource
-    from .tiling import tile_problem
+def check_arguments(args) -> bool:
+    """The checks that need nothing opened, so a bad command line costs one line and no
+    waiting; returns whether this is a file-to-file run (no live sink asked for)."""
+    from .sinks import check_frame_folder, check_output_path, display_problem
 
-    quiet_native_logs()  # before OpenCV first uses FFmpeg: it reads the log level only then
     if args.input and args.demo:
         raise UsageError("use either --input or --demo, not both")
     if args.loop and not args.input:
@@ -215,10 +206,6 @@ def run(args) -> int:
     for option, value in (("--save-every", args.save_every), ("--save-max", args.save_max)):
         if value is not None and not args.save_frames:
             raise UsageError(f"{option} only applies with --save-frames DIR")
-    file_mode = bool(args.output and (args.input or args.demo) and not args.preview and not args.vcam)
-    want_vcam = (not file_mode) if args.vcam is None else args.vcam
-
-    # Checks that need nothing opened come first.
     if args.output:
         problem = check_output_path(args.output)
         if problem:
@@ -234,6 +221,121 @@ def run(args) -> int:
         problem = check_frame_folder(args.save_frames)
         if problem:
             raise UsageError(problem)
+    return bool(args.output and (args.input or args.demo) and not args.preview and not args.vcam)
+
+
+def make_source(args):
+    """The source the arguments name, not yet opened."""
+    from .sources import CameraSource, DemoSource, VideoFileSource
+
+    if args.demo:
+        # The demo renders at the size asked for: check it before its buffers are allocated.
+        problem = frame_memory_problem("--demo", args.width, args.height)
+        if problem:
+            raise UsageError(problem)
+        return DemoSource(width=args.width, height=args.height, fps=args.fps, seed=args.seed)
+    if args.input:
+        return VideoFileSource(args.input, loop=args.loop)
+    return CameraSource(args.camera, width=args.width, height=args.height, fps=args.fps, mjpg=args.mjpg)
+
+
+def open_sinks(args, stack: contextlib.ExitStack, source, controls: Controls, status, file_mode: bool):
+    """Opens every sink the arguments ask for on `stack`: (sinks of the sharpened frames,
+    sinks of the camera's own frames, the virtual camera or None)."""
+    from .sinks import (FrameFolderSink, PreviewSink, SinkError, VideoFileSink, VirtualCameraSink,
+                        VirtualCameraUnavailable)
+
+    # By default a live run feeds the virtual camera and a file-to-file run does not.
+    want_vcam = (not file_mode) if args.vcam is None else args.vcam
+    sinks, vcam = [], None
+    if want_vcam:
+        try:
+            vcam = stack.enter_context(VirtualCameraSink(
+                source.width, source.height, source.fps, device=args.cam_device))
+            sinks.append(vcam)
+            note(f"sending to {vcam.describe()} - pick it as the camera in your call app")
+        except VirtualCameraUnavailable as exc:
+            others = [name for name, on in (("the preview", args.preview), ("--output", args.output),
+                                            ("--save-frames", args.save_frames)) if on]
+            if not others:
+                raise UsageError(str(exc)) from None
+            note(f"{exc}\nsharpcam: continuing with " + " and ".join(others))
+    if args.preview:
+        sinks.append(stack.enter_context(PreviewSink(controls.press, on_close=controls.quit.set,
+                                                     state=lambda: controls.state)))
+    if args.output:
+        audio_from, ffmpeg = sound_for_output(args)
+        try:
+            sinks.append(stack.enter_context(
+                VideoFileSink(args.output, source.width, source.height, source.fps,
+                              realtime=not file_mode, audio_from=audio_from,
+                              ffmpeg=ffmpeg, warn=lambda message: note(f"warning: {message}"))))
+        except SinkError as exc:
+            raise UsageError(str(exc)) from None
+    input_sinks = []
+    if args.save_frames:
+        frame_folder = FrameFolderSink(args.save_frames, every=args.save_every or SAVE_EVERY,
+                                       limit=args.save_max or SAVE_MAX,
+                                       warn=lambda message: status.note(f"sharpcam: warning: {message}"))
+
+        def report_saved():
+            if frame_folder.seen:  # not after a setup error, before any frame
+                note(f"--save-frames: {frame_folder.saved} frames saved in {args.save_frames}")
+
+        # Registered before the sink: the stack runs it after the sink has written its files.
+        stack.callback(report_saved)
+        try:
+            input_sinks.append(stack.enter_context(frame_folder))
+        except SinkError as exc:
+            raise UsageError(str(exc)) from None
+        note(f"saving to {frame_folder.describe()}")
+    if not sinks and not input_sinks:
+        raise UsageError("nothing to send frames to: drop --no-vcam, or add --preview or --output FILE")
+    return sinks, input_sinks, vcam
+
+
+def warmed_up_sharpener(engine, args, source, status):
+    """A Sharpener for the source's frame size, its tiling chosen and its first run done."""
+    from .engine import ModelError
+    from .sharpen import Sharpener
+
+    sharpener = Sharpener(engine, tile=args.tile,
+                          warn=lambda message: status.note(f"sharpcam: warning: {message}"))
+    try:
+        # The first run is part of checking the model: a wrong output shape shows only here.
+        warm_ms = sharpener.warm_up(source.height, source.width)
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+    for choice in (sharpener.choice_note, engine.choice_note):
+        if choice:
+            note(choice)
+    note(f"tiling: {sharpener.tiler(source.height, source.width).describe()}; warm-up {warm_ms:.0f} ms")
+    return sharpener
+
+
+def interruption_note(args, source, vcam, summary) -> str:
+    """What a Ctrl-C left behind: devices released, the recording kept or not made."""
+    from .sources import CameraSource
+
+    done = [f"{name} released" for name, used in
+            (("camera", isinstance(source, CameraSource)), ("virtual camera", vcam is not None)) if used]
+    if args.output:
+        done.append(f"{args.output} kept with {summary.frames} frames" if summary.frames
+                    else "no frame written, no file made")
+    return "interrupted" + (": " + ", ".join(done) if done else "")
+
+
+def run(args) -> int:
+    # Here and in the set-up functions, not at the top: OpenCV and onnxruntime take about a
+    # third of a second to load, which `sharpcam --help`, --version and usage errors should
+    # not wait for.
+    from .pipeline import Pipeline, Progress, StatusLine
+    from .quiet import quiet_native_logs
+    from .sources import SourceError
+    from .tiling import tile_problem
+
+    quiet_native_logs()  # before OpenCV first uses FFmpeg: it reads the log level only then
+    file_mode = check_arguments(args)
 
     engine = open_engine_from(args, notify=note)
     note("model " + engine.describe())
@@ -242,17 +344,7 @@ def run(args) -> int:
         if problem:
             raise UsageError(problem)
 
-    if args.demo:
-        # The demo renders at the size asked for: check it before its buffers are allocated.
-        problem = frame_memory_problem("--demo", args.width, args.height)
-        if problem:
-            raise UsageError(problem)
-        source = DemoSource(width=args.width, height=args.height, fps=args.fps, seed=args.seed)
-    elif args.input:
-        source = VideoFileSource(args.input, loop=args.loop)
-    else:
-        source = CameraSource(args.camera, width=args.width, height=args.height, fps=args.fps,
-                              mjpg=args.mjpg)
+    source = make_source(args)
     controls = Controls(ControlState(mode=args.mode, strength=args.strength, mirror=args.mirror))
     max_frames = args.max_frames
     if file_mode and args.demo and max_frames is None:
@@ -274,65 +366,9 @@ def run(args) -> int:
         problem = frame_memory_problem(what, source.width, source.height)
         if problem:
             raise UsageError(problem)
-
-        sinks, vcam = [], None
-        if want_vcam:
-            try:
-                vcam = stack.enter_context(VirtualCameraSink(
-                    source.width, source.height, source.fps, device=args.cam_device))
-                sinks.append(vcam)
-                note(f"sending to {vcam.describe()} - pick it as the camera in your call app")
-            except VirtualCameraUnavailable as exc:
-                others = [name for name, on in (("the preview", args.preview), ("--output", args.output),
-                                                ("--save-frames", args.save_frames)) if on]
-                if not others:
-                    raise UsageError(str(exc)) from None
-                note(f"{exc}\nsharpcam: continuing with " + " and ".join(others))
-        if args.preview:
-            sinks.append(stack.enter_context(PreviewSink(controls.press, on_close=controls.quit.set,
-                                                         state=lambda: controls.state)))
-        if args.output:
-            audio_from, ffmpeg = sound_for_output(args)
-            try:
-                sinks.append(stack.enter_context(
-                    VideoFileSink(args.output, source.width, source.height, source.fps,
-                                  realtime=not file_mode, audio_from=audio_from, ffmpeg=ffmpeg,
-                                  warn=lambda message: note(f"warning: {message}"))))
-            except SinkError as exc:
-                raise UsageError(str(exc)) from None
-        input_sinks = []
-        if args.save_frames:
-            frame_folder = FrameFolderSink(args.save_frames, every=args.save_every or SAVE_EVERY,
-                                           limit=args.save_max or SAVE_MAX,
-                                           warn=lambda message: status.note(f"sharpcam: warning: {message}"))
-
-            def report_saved():
-                if frame_folder.seen:  # not after a setup error, before any frame
-                    note(f"--save-frames: {frame_folder.saved} frames saved in {args.save_frames}")
-
-            # Registered before the sink: the stack runs it after the sink has written its files.
-            stack.callback(report_saved)
-            try:
-                input_sinks.append(stack.enter_context(frame_folder))
-            except SinkError as exc:
-                raise UsageError(str(exc)) from None
-            note(f"saving to {frame_folder.describe()}")
-        if not sinks and not input_sinks:
-            raise UsageError("nothing to send frames to: drop --no-vcam, or add --preview or --output FILE")
-
+        sinks, input_sinks, vcam = open_sinks(args, stack, source, controls, status, file_mode)
         # Warm-up (and the tiled/whole-frame measurement) after the sinks: setup errors first.
-        sharpener = Sharpener(engine, tile=args.tile,
-                              warn=lambda message: status.note(f"sharpcam: warning: {message}"))
-        try:
-            # The first run is part of checking the model: a wrong output shape shows only here.
-            warm_ms = sharpener.warm_up(source.height, source.width)
-        except ModelError as exc:
-            raise UsageError(str(exc)) from None
-        for choice in (sharpener.choice_note, engine.choice_note):
-            if choice:
-                note(choice)
-        tiler = sharpener.tiler(source.height, source.width)
-        note(f"tiling: {tiler.describe()}; warm-up {warm_ms:.0f} ms")
+        sharpener = warmed_up_sharpener(engine, args, source, status)
 
         pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames,
                             input_sinks=input_sinks)
@@ -365,12 +401,7 @@ def run(args) -> int:
                  f"latency_ms={summary.latency_ms:.1f}")
     # The with-block has closed every sink: a recording now has its final name.
     if interrupted:
-        done = [f"{name} released" for name, used in
-                (("camera", isinstance(source, CameraSource)), ("virtual camera", vcam is not None)) if used]
-        if args.output:
-            done.append(f"{args.output} kept with {summary.frames} frames" if summary.frames
-                        else "no frame written, no file made")
-        note("interrupted" + (": " + ", ".join(done) if done else ""))
+        note(interruption_note(args, source, vcam, summary))
         return 130
     return 0
 
