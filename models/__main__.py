@@ -8,7 +8,15 @@ from models.restormer import RESTORMER_PRESETS, Restormer
 from models.student import STUDENT_PRESETS, build_student
 
 
+def padded(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple
+
+
 def gflop(model, height, width) -> float:
+    """Compute of one height×width frame as sharpcam runs it: padded at the bottom and
+    right to the model's size multiple (720 rows are 736 for a multiple of 32)."""
+    multiple = getattr(model, "size_multiple", 1)
+    height, width = padded(height, multiple), padded(width, multiple)
     # On the meta device shapes propagate but nothing is computed: the released teacher
     # at 720p would otherwise take minutes.
     counter = FlopCounterMode(display=False)
