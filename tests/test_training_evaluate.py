@@ -93,8 +93,19 @@ def test_a_model_with_the_wrong_output_shape_is_one_error_line(make_model, tmp_p
 def test_progress_advances_once_per_image_and_row():
     images = [photo_like(48, 64, seed) for seed in range(3)]
     ticks = []
-    evaluate.evaluate_rows(images, 0, 0, {}, ["clean", "gaussian", "jpeg"], ticks.append)
-    assert sum(ticks) == 3 * 3
+    evaluate.evaluate_rows(images, 0, 0, {}, ["clean", "webcam", "jpeg"], ticks.append)
+    assert sum(ticks) == 3 + 3 * evaluate.MIX_DRAWS + 3
+
+
+def test_the_mix_row_scores_several_different_chains_of_each_image():
+    images = [photo_like(48, 64, seed) for seed in range(2)]
+    pairs = evaluate.build_pairs(images, 0, ["webcam", "gaussian"], seed=0)["webcam"]
+    assert evaluate.MIX_DRAWS >= 2 and len(pairs) == 2 * evaluate.MIX_DRAWS
+    first_image = [degraded for degraded, sharp in pairs if sharp is images[0]]
+    assert len(first_image) == evaluate.MIX_DRAWS
+    assert len({d.tobytes() for d in first_image}) == evaluate.MIX_DRAWS  # distinct draws
+    again = evaluate.build_pairs(images, 0, ["webcam"], seed=0)["webcam"]
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(pairs, again))  # and reproducible
 
 
 def red_only_model(path):
