@@ -6,17 +6,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.restormer import RESTORMER_PRESETS, Restormer
 from models.student import STUDENT_PRESETS, build_student
-
-
-def padded(size: int, multiple: int) -> int:
-    return -(-size // multiple) * multiple
+from sharpcam.tiling import round_up
 
 
 def gflop(model, height, width) -> float:
     """Compute of one height×width frame as sharpcam runs it: padded at the bottom and
     right to the model's size multiple (720 rows are 736 for a multiple of 32)."""
     multiple = getattr(model, "size_multiple", 1)
-    height, width = padded(height, multiple), padded(width, multiple)
+    height, width = round_up(height, multiple), round_up(width, multiple)
     # On the meta device shapes propagate but nothing is computed: the released teacher
     # at 720p would otherwise take minutes.
     counter = FlopCounterMode(display=False)

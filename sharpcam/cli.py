@@ -35,14 +35,7 @@ def _tile(value: str):
 _strength = bounded_float(0.0, 2.0, "must be a number in [0, 2]", "must be in [0, 2]")
 
 
-def _fps(value: str) -> float:
-    try:
-        fps = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a number of frames per second") from None
-    if not 1.0 <= fps <= 240.0:
-        raise argparse.ArgumentTypeError("must be between 1 and 240")
-    return fps
+_fps = bounded_float(1.0, 240.0, "must be a number of frames per second", "must be between 1 and 240")
 
 
 SAVE_EVERY, SAVE_MAX = 15, 300

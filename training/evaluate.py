@@ -150,15 +150,19 @@ def degrade_for(preset: str, image: np.ndarray, rng: np.random.Generator) -> tup
 MIX_DRAWS = 4
 
 
+def samples_per_image(preset: str) -> int:
+    return MIX_DRAWS if preset == "webcam" else 1
+
+
 def build_pairs(images: list[np.ndarray], crop: int, presets: list[str], seed: int):
     """{preset: [(degraded, sharp), ...]}; crop 0 keeps whole images. The ``webcam`` row
     holds MIX_DRAWS random chains of each image, every other row one pair per image."""
     views = [datasets.center_crop(im, crop) if crop else im for im in images]
 
     def pairs(preset):
-        if preset == "webcam":
+        if samples_per_image(preset) > 1:
             return [degrade_for(preset, v, np.random.default_rng([seed, i, draw]))
-                    for i, v in enumerate(views) for draw in range(MIX_DRAWS)]
+                    for i, v in enumerate(views) for draw in range(samples_per_image(preset))]
         return [degrade_for(preset, v, np.random.default_rng([seed, i])) for i, v in enumerate(views)]
     return {preset: pairs(preset) for preset in presets}
 
@@ -389,7 +393,7 @@ def run(opts: Options) -> dict:
           f"{', '.join(restorers)}", file=sys.stderr)
     started = time.time()
     flicker_methods = {"unsharp": unsharp_restorer(UNSHARP_AMOUNT), "student_onnx": restorers["student_onnx"]}
-    total = (sum(len(images) * (MIX_DRAWS if row == "webcam" else 1) for row in rows)
+    total = (len(images) * sum(samples_per_image(row) for row in rows)
              + (len(paired_samples) if paired_samples else 0))
     try:
         with tqdm(total=total, desc="evaluate", unit="image", dynamic_ncols=True,
