@@ -194,3 +194,10 @@ def test_python_m_models_lists_every_network_with_its_parameters_and_compute(cap
         assert gflop(model, 720, 1280) == pytest.approx(gflop(model, 256, 256) * 1280 * rows_computed / 256 ** 2,
                                                         rel=0.002)
     assert rows["student realtime"][2] < 3  # the CPU budget the test above checks in detail
+
+
+def test_compute_counts_the_frame_padded_to_the_size_multiple():
+    # A multiple of 32 does not divide 720: sharpcam runs such a model on 736 rows.
+    model = build_student("realtime", widths=[8, 16, 32, 64], blocks=[0, 1, 1, 1])
+    assert model.size_multiple == 32
+    assert gflop(model, 720, 1280) == gflop(model, 736, 1280) > gflop(model, 704, 1280)
