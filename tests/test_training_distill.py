@@ -357,3 +357,43 @@ def test_init_from_the_shipped_onnx_reproduces_its_outputs_before_any_step(image
         import conftest
         conftest.nan_model(bad)
         distill.main(["--data", str(image_dir), "--out", str(tmp_path / "x"), "--beta", "0", "--init", str(bad)])
+
+
+
+def test_relative_mse_counts_a_mild_crop_as_much_as_a_strong_one():
+    from training.loop import Objective
+    sharp = torch.full((2, 3, 8, 8), 0.5)
+    degraded = sharp.clone()
+    degraded[0] += 0.01  # mildly degraded crop
+    degraded[1] += 0.10  # strongly degraded crop
+    fixes_mild = degraded.clone()
+    fixes_mild[0] = sharp[0]  # removes all of the mild crop's 0.01 error
+    helps_strong = degraded.clone()
+    helps_strong[1] -= 0.01  # the same absolute gain on the strong crop
+    cpu = torch.device("cpu")
+
+    def relative(objective, prediction):
+        return float(objective.losses(prediction, (degraded, sharp), cpu, False)["loss_relative_mse"])
+
+    def pooled_mse(prediction):
+        return float(((prediction - sharp) ** 2).mean())
+    balanced = Objective(mse=1.0, mse_floor=0.005)
+    # Pooled, squared errors favour the strong crop (0.1² − 0.09² > 0.01²) ...
+    assert pooled_mse(degraded) - pooled_mse(helps_strong) > pooled_mse(degraded) - pooled_mse(fixes_mild)
+    # ... relative, each crop's error counts relative to its input's: the mild crop's fix
+    # is worth most of a crop, a tenth off the strong one's error about a fifth of one.
+    gain_mild = relative(balanced, degraded) - relative(balanced, fixes_mild)
+    gain_strong = relative(balanced, degraded) - relative(balanced, helps_strong)
+    assert gain_mild > 2 * gain_strong
+    assert gain_mild == pytest.approx(0.5 * 0.01 ** 2 / (0.01 ** 2 + 0.005 ** 2), rel=1e-4)
+    # The term is added to the L1 with its weight, and absent when the weight is 0.
+    l1 = float(Objective().losses(fixes_mild, (degraded, sharp), cpu, False)["loss"])
+    both = Objective(mse=0.5, mse_floor=0.005).losses(fixes_mild, (degraded, sharp), cpu, False)
+    assert float(both["loss"]) == pytest.approx(l1 + 0.5 * float(both["loss_relative_mse"]))
+    assert float(Objective().losses(fixes_mild, (degraded, sharp), cpu, False)["loss_relative_mse"]) == 0.0
+
+
+def test_relative_mse_needs_a_positive_floor(image_dir, tmp_path):
+    with pytest.raises(SystemExit, match="--mse-floor 0.0 must be above 0"):
+        distill.main(["--data", str(image_dir), "--out", str(tmp_path / "o"), "--crop", "64", "--beta", "0",
+                      "--device", "cpu", "--max-steps", "1", "--mse", "0.1", "--mse-floor", "0"])

@@ -59,6 +59,10 @@ class Options(loop.LoopOptions):
                           "rotated afresh, so a CPU run is compute-bound (0: degrade on the fly)")
     alpha: float = option(0.8, "weight of L1(student, sharp)")
     beta: float = option(0.2, "weight of L1(student, teacher)")
+    mse: float = option(0.0, "γ: adds γ · each crop's MSE relative to its input's, so mildly "
+                             "degraded crops count as much as strongly degraded ones (0: off)")
+    mse_floor: float = option(0.005, "ε of the relative MSE: MSE / (input's MSE + ε²), so crops "
+                                     "with almost nothing to fix keep a bounded weight")
     lr: float = option(1e-4, "Adam learning rate (the peak, with --schedule cosine)")
     schedule: str = option("constant", "learning rate: constant (the original recipe) or cosine "
                                        "(linear --warmup, then cosine down to --min-lr)",
@@ -142,6 +146,9 @@ def main(argv=None) -> dict:
 
 
 def run(opts: Options, runtime: distributed.Runtime) -> dict:
+    if opts.mse > 0 and opts.mse_floor <= 0:
+        raise UsageError(f"--mse-floor {opts.mse_floor} must be above 0 (a crop with nothing to fix "
+                         "would get an infinite weight); the default is 0.005")
     out, bf16 = loop.start(opts, runtime)
     device = runtime.device
     if opts.crop % 32:
@@ -185,9 +192,9 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     stage.end_step = total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, opts))
 
-    # --- loop: α · L1 against the sharp image + β · L1 against the teacher ---------------
+    # --- loop: α · L1 against the sharp image + β · L1 against the teacher [+ γ · relative MSE]
     objective = loop.Objective(alpha=alpha, beta=beta, teacher=None if cached else teacher,
-                               has_sharp=source.kind != "unpaired")
+                               has_sharp=source.kind != "unpaired", mse=opts.mse, mse_floor=opts.mse_floor)
     # The validation baseline runs the teacher even when its labels come from the cache.
     validation = loop.prepare_validation(val_batch, teacher=teacher, has_sharp=objective.has_sharp,
                                          runtime=runtime, batch_size=opts.batch_size, bf16=bf16,

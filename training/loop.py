@@ -80,19 +80,37 @@ class Stage:
 
 @dataclass
 class Objective:
-    """loss = α · L1(prediction, sharp) + β · L1(prediction, teacher label).
+    """loss = α · L1(prediction, sharp) + β · L1(prediction, teacher label) [+ γ · relative MSE].
 
     A batch is ``(input, sharp)``, or ``(input,)`` without ground truth; with a teacher
     cache the label rides along as the batch's last tensor, otherwise ``teacher`` makes it.
+
+    ``mse`` γ > 0 adds each crop's squared error relative to its input's,
+    MSE(prediction, sharp) / (MSE(input, sharp) + ε²), averaged over crops (ε =
+    ``mse_floor``). Pooled errors let the strongly degraded crops, whose errors are ten
+    times larger, set the gradient; held-out quality is a mean of per-image dB, which
+    counts a mildly soft frame as much as a very soft one, and so does this term.
     """
     alpha: float = 1.0
     beta: float = 0.0
     teacher: Optional[torch.nn.Module] = None
     has_sharp: bool = True
+    mse: float = 0.0
+    mse_floor: float = 0.005
+
+    def relative_mse(self, prediction, degraded, sharp) -> torch.Tensor:
+        error = ((prediction - sharp) ** 2).mean(dim=(1, 2, 3))
+        input_error = ((degraded - sharp) ** 2).mean(dim=(1, 2, 3))
+        return (error / (input_error + self.mse_floor ** 2)).mean()
 
     def losses(self, prediction: torch.Tensor, batch, device: torch.device, bf16: bool) -> dict:
         zero = prediction.new_zeros(())
-        sharp = F.l1_loss(prediction, batch[1].to(device, non_blocking=True)) if self.has_sharp else zero
+        sharp, relative = zero, zero
+        if self.has_sharp:
+            target = batch[1].to(device, non_blocking=True)
+            sharp = F.l1_loss(prediction, target)
+            if self.mse > 0:
+                relative = self.relative_mse(prediction, batch[0].to(device, non_blocking=True), target)
         if self.beta == 0:  # ground truth alone: running the teacher would be wasted work
             teacher = zero
         elif self.teacher is None:
@@ -101,7 +119,8 @@ class Objective:
             with torch.no_grad(), distributed.autocast(device, bf16):
                 label = self.teacher(batch[0].to(device, non_blocking=True)).float()
             teacher = F.l1_loss(prediction, label)
-        return dict(loss=self.alpha * sharp + self.beta * teacher, loss_sharp=sharp, loss_teacher=teacher)
+        return dict(loss=self.alpha * sharp + self.beta * teacher + self.mse * relative,
+                    loss_sharp=sharp, loss_teacher=teacher, loss_relative_mse=relative)
 
 
 @dataclass
