@@ -359,7 +359,6 @@ def test_init_from_the_shipped_onnx_reproduces_its_outputs_before_any_step(image
         distill.main(["--data", str(image_dir), "--out", str(tmp_path / "x"), "--beta", "0", "--init", str(bad)])
 
 
-
 def test_relative_mse_counts_a_mild_crop_as_much_as_a_strong_one():
     from training.loop import Objective
     sharp = torch.full((2, 3, 8, 8), 0.5)
