@@ -131,6 +131,25 @@ class DecoderStage(nn.Module):
         return self.blocks(self.relu(self.up(x) + skip))
 
 
+class FrameContext(nn.Module):
+    """Features averaged over the whole frame, turned into a per-channel offset added
+    everywhere: what the frame as a whole says about its camera.
+
+    A webcam's softness and compression are the same all over a frame, but a window of
+    a few hundred pixels cannot always tell a mildly soft edge from a sharp one that was
+    compressed; the frame's average can. The second convolution starts at zero, so the
+    branch starts as no offset at all."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return x + self.conv2(self.relu(self.conv1(x.mean(dim=(2, 3), keepdim=True))))
+
+
 class ResidualUNet(nn.Module):
     """Encoder/decoder with a residual block in every stage and additive skips.
 
@@ -143,7 +162,7 @@ class ResidualUNet(nn.Module):
     arch = "residual_unet"
 
     def __init__(self, widths, blocks, unshuffle, head_kernel, global_residual, bands=(),
-                 luma_input=False, band_energy=False, in_channels=3, preset=None):
+                 luma_input=False, band_energy=False, frame_context=False, in_channels=3, preset=None):
         super().__init__()
         if len(widths) != len(blocks) or len(widths) < 1:
             raise ValueError("widths and blocks need one entry per stage")
@@ -152,7 +171,8 @@ class ResidualUNet(nn.Module):
         self.config = dict(preset=preset, widths=list(widths), blocks=list(blocks),
                            unshuffle=unshuffle, head_kernel=head_kernel,
                            global_residual=global_residual, bands=list(bands),
-                           luma_input=luma_input, band_energy=band_energy, in_channels=in_channels)
+                           luma_input=luma_input, band_energy=band_energy,
+                           frame_context=frame_context, in_channels=in_channels)
         self.global_residual = global_residual
         if (bands or luma_input) and in_channels != 3:
             raise ValueError("luma bands and luma input need RGB images (in_channels=3)")
@@ -172,6 +192,7 @@ class ResidualUNet(nn.Module):
                 nn.ReLU(inplace=True),
                 *[ResidualBlock(width) for _ in range(count)],
             ))
+        self.context = FrameContext(widths[-1]) if frame_context else None
         self.decoders = nn.ModuleList(
             DecoderStage(widths[i + 1], widths[i], blocks[i]) for i in reversed(range(len(widths) - 1))
         )
@@ -205,7 +226,7 @@ class ResidualUNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu",
                                         mode="fan_out" if isinstance(module, nn.ConvTranspose2d) else "fan_in")
                 nn.init.zeros_(module.bias)
-            if isinstance(module, ResidualBlock):
+            if isinstance(module, (ResidualBlock, FrameContext)):
                 nn.init.zeros_(module.conv2.weight)
 
     @property
@@ -213,10 +234,18 @@ class ResidualUNet(nn.Module):
         return self.config["unshuffle"] * 2 ** (len(self.config["widths"]) - 1)
 
     @property
+    def reads_whole_frame(self) -> bool:
+        """Whether every output pixel also depends on the whole frame (`FrameContext`):
+        such a model runs on whole frames only, since tiles would each see a different
+        average."""
+        return self.context is not None
+
+    @property
     def receptive_radius(self) -> int:
         """Theoretical receptive-field radius in input pixels: how far one output pixel can
-        see. Tiles that overlap by this much (and start on `size_multiple`) reassemble
-        exactly. Tracks, for each feature map, the input interval [lo, hi] (relative to
+        see through its local path (the frame context, when there is one, reads
+        everything; see `reads_whole_frame`). Tiles that overlap by this much (and start on
+        `size_multiple`) reassemble exactly. Tracks, for each feature map, the input interval [lo, hi] (relative to
         the feature's own top-left input pixel) that one feature reads."""
         widths, blocks = self.config["widths"], self.config["blocks"]
         scale = self.config["unshuffle"]
@@ -267,6 +296,8 @@ class ResidualUNet(nn.Module):
             x = encoder(x)
             skips.append(x)
         skips.pop()
+        if self.context is not None:
+            x = self.context(x)
         for decoder in self.decoders:
             x = decoder(x, skips.pop())
         x = self.head(x)

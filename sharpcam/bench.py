@@ -2,8 +2,8 @@
 
 Measures the per-frame work of the pipeline (no camera, no pacing): ``off``
 is the full pipeline path with the model bypassed, ``unsharp`` the classical
-baseline, and the model both tiled and whole-frame, at the thread count given;
-with ``--precision auto`` and an INT8 sibling, whole-frame at fp32 and at INT8; for each,
+baseline, and the model both tiled (unless it reads the whole frame) and whole-frame,
+at the thread count given; with ``--precision auto`` and an INT8 sibling, whole-frame at fp32 and at INT8; for each,
 frames per second and the process's CPU use (cores kept busy).
 """
 from __future__ import annotations
@@ -89,6 +89,7 @@ def time_pipeline(frames, sharpener, seconds: float, min_frames: int = 3) -> tup
 
 
 def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=None) -> list:
+    """Prints and returns the table; ``tile`` 0 leaves out the tiled column."""
     out = out or sys.stdout
     rows = []
     off_state = ControlState(mode="off")
@@ -102,8 +103,9 @@ def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=Non
         def process(self, frame, state):
             return self.inner.process(frame, off_state)
 
-    methods = [("off", lambda: _Off()), ("unsharp", lambda: _UnsharpSharpener()),
-               (f"model tile {tile}", lambda: Sharpener(engine, tile=tile))]
+    methods = [("off", lambda: _Off()), ("unsharp", lambda: _UnsharpSharpener())]
+    if tile:
+        methods.append((f"model tile {tile}", lambda: Sharpener(engine, tile=tile)))
     # --precision auto with an INT8 sibling: the whole frame at each precision.
     precisions = engine.engines if isinstance(engine, PrecisionChoice) else {"": engine}
     methods += [(f"model whole {name}".rstrip(), lambda e=e: Sharpener(e, tile=0))
@@ -145,15 +147,19 @@ def bench_main(argv) -> int:
                                             "unsharp mask and the model (tiled and whole-frame).")
     add_model_options(p)
     p.add_argument("--tile", type=positive_int, default=None,
-                   help="tile size for the tiled column (default 256, or the model's smallest useful tile)")
+                   help="tile size for the tiled column (default 256, or the model's smallest useful tile; "
+                        "no tiled column for a model that reads the whole frame)")
     p.add_argument("--seconds", default=2.0, help="time per cell (default 2)",
                    type=bounded_float(0.0, 3600.0, "must be a number of seconds", "must be between 0 and 3600"))
     p.add_argument("--sizes", type=_sizes, default=SIZES, metavar="WxH,...",
                    help="resolutions to measure (default 640x480,1280x720,1920x1080)")
     args = p.parse_args(argv)
     engine = open_engine_from(args, notify=print)
-    tile = args.tile or max(256, min_useful_tile(engine.receptive_radius, engine.size_multiple))
-    problem = tile_problem(tile, engine.receptive_radius, engine.size_multiple)
+    if engine.reads_whole_frame and not args.tile:
+        tile = 0  # such a model has no tiled column
+    else:
+        tile = args.tile or max(256, min_useful_tile(engine.receptive_radius, engine.size_multiple))
+    problem = tile_problem(tile, engine.receptive_radius, engine.size_multiple, engine.reads_whole_frame)
     if problem:
         raise UsageError(problem)
     threads = "" if args.threads else f" (the default for {os.cpu_count()} cores)"

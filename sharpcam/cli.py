@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     proc = p.add_argument_group("processing")
     proc.add_argument("--tile", type=_tile, default=None, metavar="N",
-                      help="tile size in pixels, 0 = whole frame, auto (default) = the faster, measured at start")
+                      help="tile size in pixels, 0 = whole frame, auto (default) = the faster, measured at start "
+                           "(a model that reads the whole frame, like the bundled one, always runs whole)")
     proc.add_argument("--strength", type=_strength, default=1.0, help="0..2, default 1")
     proc.add_argument("--mode", choices=MODES, default="on", help="start mode (default on)")
     proc.add_argument("--mirror", action="store_true", help="mirror the image")
@@ -333,7 +334,8 @@ def run(args) -> int:
     engine = open_engine_from(args, notify=note)
     note("model " + engine.describe())
     if args.tile is not None:
-        problem = tile_problem(args.tile, engine.receptive_radius, engine.size_multiple)
+        problem = tile_problem(args.tile, engine.receptive_radius, engine.size_multiple,
+                               engine.reads_whole_frame)
         if problem:
             raise UsageError(problem)
 

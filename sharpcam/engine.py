@@ -48,6 +48,9 @@ class ModelInfo:
     path: str
     receptive_radius: int
     size_multiple: int
+    # True for a model whose every pixel also depends on the whole frame (a frame-wide
+    # estimate of the camera's softness): it runs on whole frames only, never tiles.
+    reads_whole_frame: bool = False
     arch: str = "unknown"
     preset: str = "unknown"
     metadata: dict = field(default_factory=dict)
@@ -149,13 +152,21 @@ class Engine(Lifetime):
             raise ModelError(
                 f"model {path}: receptive_radius={radius}, size_multiple={multiple} "
                 f"(need radius >= 0 and 1 <= size_multiple <= {MAX_SIZE_MULTIPLE})")
+        whole_frame = meta.get("sharpcam.reads_whole_frame", "0")
+        if whole_frame not in ("0", "1"):
+            raise ModelError(f"model {path}: metadata 'sharpcam.reads_whole_frame' is {whole_frame!r}, "
+                             "not 0 or 1; re-export it with `python -m training.export`")
         return ModelInfo(path=path, receptive_radius=radius, size_multiple=multiple,
-                         arch=meta.get("sharpcam.arch", "unknown"),
+                         reads_whole_frame=whole_frame == "1", arch=meta.get("sharpcam.arch", "unknown"),
                          preset=meta.get("sharpcam.preset", "unknown"), metadata=meta)
 
     @property
     def receptive_radius(self) -> int:
         return self.info.receptive_radius
+
+    @property
+    def reads_whole_frame(self) -> bool:
+        return self.info.reads_whole_frame
 
     @property
     def size_multiple(self) -> int:

@@ -45,10 +45,13 @@ def sibling_problem(fp32: Engine, int8: Engine) -> Optional[str]:
         return (f"{os.path.basename(int8.info.path)} was quantised from another version of "
                 f"{os.path.basename(fp32.info.path)}; re-run `python -m training.quantize "
                 f"{fp32.info.path}`")
-    if (int8.receptive_radius, int8.size_multiple) != (fp32.receptive_radius, fp32.size_multiple):
+    def geometry(engine):
+        whole = "/whole frame" if engine.reads_whole_frame else ""
+        return f"{engine.receptive_radius}/{engine.size_multiple}{whole}"
+
+    if geometry(int8) != geometry(fp32):
         return (f"{os.path.basename(int8.info.path)} declares receptive radius/size multiple "
-                f"{int8.receptive_radius}/{int8.size_multiple}, the fp32 model "
-                f"{fp32.receptive_radius}/{fp32.size_multiple}")
+                f"{geometry(int8)}, the fp32 model {geometry(fp32)}")
     return None
 
 
@@ -124,6 +127,10 @@ class PrecisionChoice(Lifetime):
     @property
     def size_multiple(self) -> int:
         return self.active.size_multiple
+
+    @property
+    def reads_whole_frame(self) -> bool:
+        return self.active.reads_whole_frame
 
     def describe(self) -> str:
         if self.precision is None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .controls import ControlState
 from .engine import Engine
-from .tiling import Tiler
+from .tiling import Tiler, tile_problem
 
 DIVIDER_COLOR = (255, 255, 255)
 
@@ -104,10 +104,16 @@ class Sharpener:
         return self._tilers[key]
 
     def _make_tiler(self, height, width, tile) -> Tiler:
+        problem = tile_problem(tile, self.engine.receptive_radius, self.engine.size_multiple,
+                               self.engine.reads_whole_frame)
+        if problem:
+            raise ValueError(problem)
         return Tiler(height, width, tile=tile, receptive_radius=self.engine.receptive_radius,
                      size_multiple=self.engine.size_multiple)
 
     def _measure_fastest(self, height, width, repeats=2) -> int:
+        if self.engine.reads_whole_frame:
+            return 0  # the only way such a model runs
         timings = {}
         for tile in self.AUTO_CANDIDATES:
             tiler = self._make_tiler(height, width, tile)

@@ -32,10 +32,15 @@ def min_useful_tile(receptive_radius: int, size_multiple: int) -> int:
     return max(size_multiple, round_up(2 * round_up(receptive_radius, size_multiple), size_multiple))
 
 
-def tile_problem(tile: int, receptive_radius: int, size_multiple: int) -> Optional[str]:
+def tile_problem(tile: int, receptive_radius: int, size_multiple: int,
+                 reads_whole_frame: bool = False) -> Optional[str]:
     """Why ``--tile tile`` is not worth running with this model, or None (0 = whole frame)."""
     if tile == 0:
         return None
+    if reads_whole_frame:
+        return (f"--tile {tile}: this model reads the whole frame (it judges the camera's "
+                "softness from all of it), so tiles would change its output; leave --tile out "
+                "or use --tile 0")
     core = round_up(tile, size_multiple)
     smallest = min_useful_tile(receptive_radius, size_multiple)
     if core >= smallest:

@@ -18,7 +18,7 @@ import pytest
 
 
 def build_test_model(path, *, receptive_radius=12, size_multiple=4, metadata=True, seed=0,
-                     channels=8):
+                     channels=8, reads_whole_frame=None):
     """Write a tiny residual encoder/decoder to ``path``.
 
     Two stride-2 convolutions, a ConvTranspose and a nearest Resize make the
@@ -82,6 +82,8 @@ def build_test_model(path, *, receptive_radius=12, size_multiple=4, metadata=Tru
             "sharpcam.receptive_radius": str(receptive_radius),
             "sharpcam.size_multiple": str(size_multiple),
         }
+        if reads_whole_frame is not None:  # what the metadata says, not what the graph does
+            props["sharpcam.reads_whole_frame"] = str(reads_whole_frame)
         helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))

@@ -43,6 +43,7 @@ def test_contract_inputs_outputs_and_metadata(realtime_onnx):
     assert json.loads(meta["sharpcam.training"]) == {"steps": 7}
     assert int(meta["sharpcam.receptive_radius"]) == model.receptive_radius
     assert int(meta["sharpcam.size_multiple"]) == model.size_multiple
+    assert meta["sharpcam.reads_whole_frame"] == ("1" if model.reads_whole_frame else "0")
 
 
 # 736×1280: the canvas sharpcam pads a 720p frame to for a size multiple of 32.
@@ -72,6 +73,7 @@ class DiffersWhenExported(nn.Module):
     config = {"preset": "broken"}
     receptive_radius = 0
     size_multiple = 1
+    reads_whole_frame = False
 
     def forward(self, image):
         return image + 0.01 if torch.onnx.is_in_onnx_export() else image

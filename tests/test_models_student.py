@@ -93,8 +93,10 @@ def test_space_to_depth_is_pixel_unshuffle_in_onnx_channel_order():
 
 @pytest.mark.parametrize("preset", list(STUDENT_PRESETS))
 def test_receptive_radius_is_exact(preset):
-    """Inputs beyond the radius never reach an output pixel; inputs near it do."""
-    model = randomised(build_student(preset, widths=[4, 4, 4]) if preset == "seed" else build_student(preset))
+    """Inputs beyond the radius never reach an output pixel through the local path; inputs
+    near it do. (The frame context, where a preset has one, reads everything: next test.)"""
+    overrides = dict(frame_context=False) | (dict(widths=[4, 4, 4]) if preset == "seed" else {})
+    model = randomised(build_student(preset, **overrides))
     radius, multiple = model.receptive_radius, model.size_multiple
     size = (2 * radius + 2 * multiple) // multiple * multiple + multiple
     x = torch.rand(1, 3, size, size, requires_grad=True)
@@ -104,6 +106,24 @@ def test_receptive_radius_is_exact(preset):
     furthest = (reached - centre).abs().max().item()
     assert furthest <= radius
     assert furthest >= radius - model.size_multiple
+
+
+def test_frame_context_makes_every_pixel_read_the_whole_frame():
+    local = randomised(build_student("realtime", frame_context=False))
+    framed = randomised(build_student("realtime", frame_context=True))
+    assert framed.reads_whole_frame and not local.reads_whole_frame
+    # A corner patch far outside the opposite corner's reach.
+    size = (2 * local.receptive_radius + 64) // local.size_multiple * local.size_multiple
+    x = torch.rand(1, 3, size, size)
+    far = x.clone()
+    reach = 16 + local.receptive_radius
+    far[:, :, reach:, reach:] = 1 - far[:, :, reach:, reach:]
+    with torch.no_grad():
+        corner = [(m(far) - m(x))[0, :, :16, :16].abs().max().item() for m in (local, framed)]
+    assert corner[0] == 0 and corner[1] > 1e-4
+    untrained = build_student("realtime", frame_context=True)
+    with torch.no_grad():
+        assert torch.equal(untrained(x), x)  # the context branch starts as no offset
 
 
 def test_student_checkpoint_round_trip(tmp_path):

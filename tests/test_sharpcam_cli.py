@@ -65,6 +65,20 @@ def test_tile_smaller_than_its_context_is_refused(command, tmp_path, capsys, tes
     assert not (tmp_path / "out.avi").exists()
 
 
+def test_tiles_are_refused_for_a_model_that_reads_the_whole_frame(tmp_path, capsys):
+    from conftest import build_test_model
+    model = build_test_model(tmp_path / "framed.onnx", reads_whole_frame=1)
+    clip = write_clip(tmp_path / "clip.avi", frames=2)
+    rc = run_cli(["--input", clip, "--output", tmp_path / "out.avi", "--model", model, "--tile", "256"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 1 and "reads the whole frame" in line and "--tile 0" in line
+    assert not (tmp_path / "out.avi").exists()
+    # bench measures it whole only, without being asked
+    rc = run_cli(["bench", "--model", model, "--seconds", "0", "--sizes", "64x48"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "model whole" in out and "model tile" not in out
+
+
 def test_model_that_outputs_nan_warns_once_and_passes_frames_through(tmp_path, capsys):
     from conftest import nan_model, video_facts
     clip = write_clip(tmp_path / "clip.avi", frames=5)

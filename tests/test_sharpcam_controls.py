@@ -71,7 +71,7 @@ def test_split_view_halves_and_divider():
 
 class ConstantEngine:
     """Stands in for an engine: the 'model' returns mid-grey everywhere."""
-    receptive_radius, size_multiple, last_ms = 0, 1, 1.0
+    receptive_radius, size_multiple, last_ms, reads_whole_frame = 0, 1, 1.0, False
 
     def run(self, batch):
         return np.full_like(batch, 0.5)

@@ -35,6 +35,13 @@ def test_missing_metadata_is_a_contract_violation(tmp_path):
     assert eng.receptive_radius == 12
 
 
+def test_whole_frame_flag_is_read_and_checked(tmp_path):
+    assert Engine(build_test_model(tmp_path / "framed.onnx", reads_whole_frame=1)).reads_whole_frame
+    assert not Engine(build_test_model(tmp_path / "local.onnx")).reads_whole_frame  # older exports
+    with pytest.raises(ModelError, match="reads_whole_frame"):
+        Engine(build_test_model(tmp_path / "odd.onnx", reads_whole_frame="yes"))
+
+
 def test_size_multiple_above_32_is_refused(tmp_path):
     path = build_test_model(tmp_path / "m64.onnx", size_multiple=64)
     with pytest.raises(ModelError, match="size_multiple"):

@@ -546,7 +546,7 @@ def test_progress_never_shows_more_done_than_total():
 
 class BusyEngine:
     """An engine stand-in that keeps a core busy for 20 ms of CPU time per run."""
-    receptive_radius, size_multiple, last_ms = 0, 1, 20.0
+    receptive_radius, size_multiple, last_ms, reads_whole_frame = 0, 1, 20.0, False
 
     def run(self, batch):
         import time

@@ -15,7 +15,7 @@ class FakeEngine:
 
     def __init__(self, clock, ms):
         self.clock, self.ms, self.runs, self.last_ms = clock, list(ms), 0, 0.0
-        self.receptive_radius, self.size_multiple = 8, 4
+        self.receptive_radius, self.size_multiple, self.reads_whole_frame = 8, 4, False
 
     def run(self, batch):
         self.last_ms = self.ms[self.runs % len(self.ms)]

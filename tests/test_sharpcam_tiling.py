@@ -103,6 +103,7 @@ class TimedEngine:
     """Takes ``whole_ms`` for a whole-frame batch and ``tiles_ms`` for a batch of tiles, on
     a fake clock: what --tile auto measures, without timing anything real."""
     receptive_radius, size_multiple, last_ms = 12, 4, 0.0
+    reads_whole_frame = False
 
     def __init__(self, clock, whole_ms, tiles_ms):
         self.clock, self.whole_ms, self.tiles_ms = clock, whole_ms, tiles_ms

@@ -128,7 +128,7 @@ def test_the_onnx_column_feeds_the_engine_rgb_as_sharpcam_does(tmp_path):
 class PixelClockEngine:
     """A stand-in engine whose every run advances a fake clock by one millisecond per
     thousand pixels, so the speed table's arithmetic is checked without timing anything."""
-    receptive_radius, size_multiple = 8, 16
+    receptive_radius, size_multiple, reads_whole_frame = 8, 16, False
 
     def __init__(self):
         self.now = 0.0

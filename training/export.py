@@ -50,6 +50,7 @@ def metadata_for(model, meta: dict) -> dict[str, str]:
         "sharpcam.training": json.dumps(meta),
         "sharpcam.receptive_radius": str(model.receptive_radius),
         "sharpcam.size_multiple": str(model.size_multiple),
+        "sharpcam.reads_whole_frame": "1" if model.reads_whole_frame else "0",
     }
 
 
