@@ -13,7 +13,11 @@ between presets is the resolution it works at and what its head predicts:
   ``frame + Σₖ gainₖ · bandₖ``. The network decides where to sharpen and by how much
   (edges up, flat noisy areas down); the detail itself comes from the full-resolution
   frame, so the cheap low-resolution network never has to reproduce it. The same idea
-  as HDRNet's and basis-filter networks' low-resolution predictors.
+  as HDRNet's and basis-filter networks' low-resolution predictors. Its coarsest
+  features also get the frame's average (`FrameContext`, as HDRNet's global path and
+  blind super-resolution's degradation estimates do): a camera's softness and
+  compression are the same all over a frame, and the whole frame tells them apart
+  where a local window cannot. Such a model runs on whole frames, never on tiles.
 Every real-time head starts at zero, so an untrained model is exactly the identity.
 """
 
@@ -31,9 +35,11 @@ STUDENT_PRESETS: dict[str, dict] = {
     "pixels": dict(widths=[12, 24, 48], blocks=[1, 1, 1], unshuffle=4, head_kernel=3,
                    global_residual=True, bands=[]),
     # A 1/4-resolution UNet on the luma and its band energies, gains for three
-    # full-resolution luma bands out (box filters 3, 5, 9: σ ≈ 0.8, 1.6, 3.1).
+    # full-resolution luma bands out (box filters 3, 5, 9: σ ≈ 0.8, 1.6, 3.1), with the
+    # frame's average features added at its coarsest level.
     "realtime": dict(widths=[12, 24, 48], blocks=[1, 1, 1], unshuffle=4, head_kernel=3,
-                     global_residual=True, bands=[3, 5, 9], luma_input=True, band_energy=True),
+                     global_residual=True, bands=[3, 5, 9], luma_input=True, band_energy=True,
+                     frame_context=True),
 }
 
 

@@ -194,8 +194,9 @@ class Engine(Lifetime):
     def describe(self) -> str:
         provider = self.providers[0].replace("ExecutionProvider", "")
         threads = f", {self.threads} threads" if self.threads else ""
+        reach = "reads the whole frame" if self.reads_whole_frame else f"radius {self.receptive_radius}px"
         return (f"{os.path.basename(self.info.path)} ({self.info.arch}/{self.info.preset}, "
-                f"radius {self.receptive_radius}px, multiple {self.size_multiple}) on {provider}{threads}")
+                f"{reach}, multiple {self.size_multiple}) on {provider}{threads}")
 
     def close(self) -> None:
         self._session = None
