@@ -16,8 +16,8 @@ between presets is the resolution it works at and what its head predicts:
   as HDRNet's and basis-filter networks' low-resolution predictors. Its coarsest
   features also get the frame's average (`FrameContext`, as HDRNet's global path and
   blind super-resolution's degradation estimates do): a camera's softness and
-  compression are the same all over a frame, and the whole frame tells them apart
-  where a local window cannot. Such a model runs on whole frames, never on tiles.
+  noise are the same all over a frame, and the whole frame estimates them far more
+  steadily than a local window. Such a model runs on whole frames, never on tiles.
 Every real-time head starts at zero, so an untrained model is exactly the identity.
 """
 
@@ -141,9 +141,9 @@ class FrameContext(nn.Module):
     """Features averaged over the whole frame, turned into a per-channel offset added
     everywhere: what the frame as a whole says about its camera.
 
-    A webcam's softness and compression are the same all over a frame, but a window of
-    a few hundred pixels cannot always tell a mildly soft edge from a sharp one that was
-    compressed; the frame's average can. The second convolution starts at zero, so the
+    A webcam's softness and noise are the same all over a frame, but a window of a few
+    hundred pixels cannot always tell a mildly soft edge from a naturally soft one; the
+    frame's average is a far steadier estimate. The second convolution starts at zero, so the
     branch starts as no offset at all."""
 
     def __init__(self, channels):
