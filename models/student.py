@@ -143,8 +143,8 @@ class FrameContext(nn.Module):
 
     A webcam's softness and noise are the same all over a frame, but a window of a few
     hundred pixels cannot always tell a mildly soft edge from a naturally soft one; the
-    frame's average is a far steadier estimate. The second convolution starts at zero, so the
-    branch starts as no offset at all."""
+    frame's average is a far steadier estimate. The second convolution starts at zero, so
+    the branch starts as no offset at all."""
 
     def __init__(self, channels):
         super().__init__()
@@ -168,7 +168,8 @@ class ResidualUNet(nn.Module):
     arch = "residual_unet"
 
     def __init__(self, widths, blocks, unshuffle, head_kernel, global_residual, bands=(),
-                 luma_input=False, band_energy=False, frame_context=False, in_channels=3, preset=None):
+                 luma_input=False, band_energy=False, frame_context=False, in_channels=3,
+                 preset=None):
         super().__init__()
         if len(widths) != len(blocks) or len(widths) < 1:
             raise ValueError("widths and blocks need one entry per stage")
@@ -251,8 +252,9 @@ class ResidualUNet(nn.Module):
         """Theoretical receptive-field radius in input pixels: how far one output pixel can
         see through its local path (the frame context, when there is one, reads
         everything; see `reads_whole_frame`). Tiles that overlap by this much (and start on
-        `size_multiple`) reassemble exactly. Tracks, for each feature map, the input interval [lo, hi] (relative to
-        the feature's own top-left input pixel) that one feature reads."""
+        `size_multiple`) reassemble exactly. Tracks, for each feature map, the input
+        interval [lo, hi] (relative to the feature's own top-left input pixel) that one
+        feature reads."""
         widths, blocks = self.config["widths"], self.config["blocks"]
         scale = self.config["unshuffle"]
         lo, hi = 0, scale - 1

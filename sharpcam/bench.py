@@ -3,8 +3,8 @@
 Measures the per-frame work of the pipeline (no camera, no pacing): ``off``
 is the full pipeline path with the model bypassed, ``unsharp`` the classical
 baseline, and the model both tiled (unless it reads the whole frame) and whole-frame,
-at the thread count given; with ``--precision auto`` and an INT8 sibling, whole-frame at fp32 and at INT8; for each,
-frames per second and the process's CPU use (cores kept busy).
+at the thread count given; with ``--precision auto`` and an INT8 sibling, whole-frame at
+fp32 and at INT8; for each, frames per second and the process's CPU use (cores kept busy).
 """
 from __future__ import annotations
 

@@ -157,7 +157,8 @@ class Engine(Lifetime):
             raise ModelError(f"model {path}: metadata 'sharpcam.reads_whole_frame' is {whole_frame!r}, "
                              "not 0 or 1; re-export it with `python -m training.export`")
         return ModelInfo(path=path, receptive_radius=radius, size_multiple=multiple,
-                         reads_whole_frame=whole_frame == "1", arch=meta.get("sharpcam.arch", "unknown"),
+                         reads_whole_frame=whole_frame == "1",
+                         arch=meta.get("sharpcam.arch", "unknown"),
                          preset=meta.get("sharpcam.preset", "unknown"), metadata=meta)
 
     @property

@@ -45,7 +45,7 @@ def sibling_problem(fp32: Engine, int8: Engine) -> Optional[str]:
         return (f"{os.path.basename(int8.info.path)} was quantised from another version of "
                 f"{os.path.basename(fp32.info.path)}; re-run `python -m training.quantize "
                 f"{fp32.info.path}`")
-    def geometry(engine):
+    def geometry(engine) -> str:
         whole = "/whole frame" if engine.reads_whole_frame else ""
         return f"{engine.receptive_radius}/{engine.size_multiple}{whole}"
 

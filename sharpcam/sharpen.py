@@ -104,10 +104,9 @@ class Sharpener:
         return self._tilers[key]
 
     def _make_tiler(self, height, width, tile) -> Tiler:
-        problem = tile_problem(tile, self.engine.receptive_radius, self.engine.size_multiple,
-                               self.engine.reads_whole_frame)
-        if problem:
-            raise ValueError(problem)
+        if tile and self.engine.reads_whole_frame:
+            raise ValueError(tile_problem(tile, self.engine.receptive_radius, self.engine.size_multiple,
+                                          reads_whole_frame=True))
         return Tiler(height, width, tile=tile, receptive_radius=self.engine.receptive_radius,
                      size_multiple=self.engine.size_multiple)
 
