@@ -9,8 +9,9 @@ split (same name hash as training) of `--calibration DIR`.
 Only convolutions are quantised, where the arithmetic is; the full-resolution band maths
 (luma, box filters, gain up-sampling, the sums) is memory-bound, gains nothing from INT8
 and must stay exact. Pixels stay fp32 too: every node whose output has the image's own
-channel count (the final residual add, DepthToSpace back to RGB, a head predicting per-
-pixel gains, ...) is excluded, so 8-bit rounding never lands on the picture itself.
+channel count (the final residual add, DepthToSpace back to RGB, ...) and the head (the
+last convolution, predicting pixels or per-pixel gains) are excluded, so 8-bit rounding
+never lands on the picture itself.
 `--keep-fp32 none` quantises those and every other op too; `--exclude` keeps more nodes
 (names or op types).
 
@@ -77,8 +78,9 @@ class Options:
     val_fraction: float = option(0.15, "the split used in training (by name hash)")
     crops: int = option(64, "calibration crops")
     crop: int = option(256, "calibration crop size (smaller photos give smaller crops)")
-    keep_fp32: str = option("image", "image: nodes whose outputs have the image's channel count stay "
-                                     "fp32; none: quantise them too", choices=["image", "none"])
+    keep_fp32: str = option("image", "image: nodes whose outputs have the image's channel count, and "
+                                     "the head, stay fp32; none: quantise them too",
+                            choices=["image", "none"])
     exclude: list[str] = option([], "more nodes to keep fp32, by node name or op type", nargs="*")
     min_psnr: float = option(MIN_PSNR_DB, "refuse below this PSNR (dB) of INT8 vs fp32 on any check photo")
     max_cost: float = option(MAX_COST_DB, "refuse if INT8 loses more held-out PSNR (dB) than this on any preset")
@@ -157,11 +159,16 @@ def channel_counts(model: onnx.ModelProto) -> dict[str, Optional[int]]:
 
 
 def pixel_nodes(model: onnx.ModelProto) -> list[str]:
-    """Nodes whose every output is a 4-D tensor with the input image's channel count."""
+    """Nodes whose every output is a 4-D tensor with the input image's channel count, and
+    the last convolution (the head), whatever its channel count: it predicts the pixels or
+    the per-pixel gains themselves (two gain maps for a two-band student)."""
     counts = channel_counts(model)
     channels = counts.get(model.graph.input[0].name) or 3
-    return [n.name for n in model.graph.node
-            if n.output and all(counts.get(o) == channels for o in n.output)]
+    chosen = [n.name for n in model.graph.node
+              if n.output and all(counts.get(o) == channels for o in n.output)]
+    convolutions = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES]
+    # ONNX lists nodes in topological order: the last convolution is the head.
+    return chosen + [name for name in convolutions[-1:] if name not in chosen]
 
 
 def nodes_to_exclude(model: onnx.ModelProto, keep_fp32: str, exclude: list[str]) -> list[str]:
