@@ -162,14 +162,16 @@ class ResidualUNet(nn.Module):
     Input and output: N×3×H×W RGB in [0, 1]; H and W must be multiples of `size_multiple`.
     With `bands` (box sizes of `LumaBands`) the head predicts one gain per band at the
     UNet's resolution, up-sampled bilinearly to the frame; the gain-weighted bands are
-    added to R, G and B alike.
+    added to R, G and B alike. ``stem_kernel=1`` makes the first convolution a projection
+    of each cell on its own (3×3 reads its neighbours too), a tenth of the compute where the
+    unshuffled luma and band energies give it many input channels.
     """
 
     arch = "residual_unet"
 
     def __init__(self, widths, blocks, unshuffle, head_kernel, global_residual, bands=(),
-                 luma_input=False, band_energy=False, frame_context=False, in_channels=3,
-                 preset=None):
+                 luma_input=False, band_energy=False, frame_context=False, stem_kernel=3,
+                 in_channels=3, preset=None):
         super().__init__()
         if len(widths) != len(blocks) or len(widths) < 1:
             raise ValueError("widths and blocks need one entry per stage")
@@ -179,10 +181,13 @@ class ResidualUNet(nn.Module):
                            unshuffle=unshuffle, head_kernel=head_kernel,
                            global_residual=global_residual, bands=list(bands),
                            luma_input=luma_input, band_energy=band_energy,
-                           frame_context=frame_context, in_channels=in_channels)
+                           frame_context=frame_context, stem_kernel=stem_kernel,
+                           in_channels=in_channels)
         self.global_residual = global_residual
         if (bands or luma_input) and in_channels != 3:
             raise ValueError("luma bands and luma input need RGB images (in_channels=3)")
+        if stem_kernel not in (1, 3):
+            raise ValueError(f"stem_kernel must be 1 or 3, got {stem_kernel}")
         if (luma_input or band_energy) and not bands:
             raise ValueError("luma_input and band_energy need bands: they are features of the bands")
         self.luma_input = luma_input
@@ -194,8 +199,9 @@ class ResidualUNet(nn.Module):
         self.encoders = nn.ModuleList()
         for i, (width, count) in enumerate(zip(widths, blocks)):
             previous = stem_channels + (len(bands) if band_energy else 0) if i == 0 else widths[i - 1]
+            kernel = stem_kernel if i == 0 else 3
             self.encoders.append(nn.Sequential(
-                nn.Conv2d(previous, width, 3, stride=1 if i == 0 else 2, padding=1),
+                nn.Conv2d(previous, width, kernel, stride=1 if i == 0 else 2, padding=kernel // 2),
                 nn.ReLU(inplace=True),
                 *[ResidualBlock(width) for _ in range(count)],
             ))
@@ -264,7 +270,9 @@ class ResidualUNet(nn.Module):
         for i in range(len(widths)):
             if i > 0:
                 scale *= 2  # stride-2 3×3 conv: one tap either side on the finer grid
-            lo, hi = lo - scale // (2 if i > 0 else 1), hi + scale // (2 if i > 0 else 1)
+            # The first conv reads stem_kernel // 2 cells either side of its own.
+            reach = scale // 2 if i > 0 else self.config["stem_kernel"] // 2 * scale
+            lo, hi = lo - reach, hi + reach
             lo, hi = lo - 2 * blocks[i] * scale, hi + 2 * blocks[i] * scale
             intervals.append((lo, hi))
         for i in reversed(range(len(widths) - 1)):

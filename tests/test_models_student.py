@@ -75,6 +75,12 @@ def test_luma_bands_sum_to_the_fine_minus_the_coarsest_level():
         LumaBands([3, 4])
 
 
+def test_a_stem_kernel_other_than_1_or_3_is_refused():
+    assert build_student("realtime", stem_kernel=1).encoders[0][0].kernel_size == (1, 1)
+    with pytest.raises(ValueError, match="stem_kernel must be 1 or 3"):
+        build_student("realtime", stem_kernel=5)
+
+
 def test_overrides_change_the_shape_and_unknown_presets_are_named():
     model = build_student("realtime", widths=[8, 16], blocks=[2, 1])
     assert model.config["widths"] == [8, 16] and model.config["preset"] == "realtime"
@@ -91,11 +97,19 @@ def test_space_to_depth_is_pixel_unshuffle_in_onnx_channel_order():
     assert torch.equal(ours, reordered)
 
 
-@pytest.mark.parametrize("preset", list(STUDENT_PRESETS))
-def test_receptive_radius_is_exact(preset):
+# Every preset, and the other stem and resolution the sweep measured (a 1×1 stem conv at 1/8).
+RADIUS_CASES = [(preset, {}) for preset in STUDENT_PRESETS] + [
+    ("realtime", dict(stem_kernel=1)),
+    ("realtime", dict(unshuffle=8, widths=[8, 8, 8], stem_kernel=1)),
+    ("realtime", dict(unshuffle=8, widths=[8, 8, 8], stem_kernel=3)),
+]
+
+
+@pytest.mark.parametrize("preset, config", RADIUS_CASES)
+def test_receptive_radius_is_exact(preset, config):
     """Inputs beyond the radius never reach an output pixel through the local path; inputs
     near it do. (The frame context, where a preset has one, reads everything: next test.)"""
-    overrides = dict(frame_context=False) | (dict(widths=[4, 4, 4]) if preset == "seed" else {})
+    overrides = dict(frame_context=False) | (dict(widths=[4, 4, 4]) if preset == "seed" else {}) | config
     model = randomised(build_student(preset, **overrides))
     radius, multiple = model.receptive_radius, model.size_multiple
     size = (2 * radius + 2 * multiple) // multiple * multiple + multiple
