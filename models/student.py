@@ -2,7 +2,8 @@
 
 One class, `ResidualUNet`, covers every preset. The encoder/decoder with a residual
 block in each stage and skip connections is the original project's; what changes
-between presets is the resolution it works at and what its head predicts:
+between presets is the resolution it works at, how many blocks each stage has, and what
+its head predicts:
 - `seed` is the original network (64/128/256 channels, RGB out), the comparison point;
 - `pixels` works at a quarter of the resolution behind a pixel-unshuffle stem and
   predicts the residual pixels through a PixelShuffle head (the first real-time design,
@@ -161,7 +162,7 @@ class FrameContext(nn.Module):
 
 
 class ResidualUNet(nn.Module):
-    """Encoder/decoder with a residual block in every stage and additive skips.
+    """Encoder/decoder with `blocks[i]` residual blocks in stage i and additive skips.
 
     Input and output: N×3×H×W RGB in [0, 1]; H and W must be multiples of `size_multiple`.
     With `bands` (box sizes of `LumaBands`) the head predicts one gain per band at the

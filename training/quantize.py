@@ -168,7 +168,8 @@ def pixel_nodes(model: onnx.ModelProto) -> list[str]:
               if n.output and all(counts.get(o) == channels for o in n.output)]
     convolutions = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES]
     # ONNX lists nodes in topological order: the last convolution is the head.
-    return chosen + [name for name in convolutions[-1:] if name not in chosen]
+    # (nodes_to_exclude drops the repeat when the head has the image's channel count.)
+    return chosen + convolutions[-1:]
 
 
 def nodes_to_exclude(model: onnx.ModelProto, keep_fp32: str, exclude: list[str]) -> list[str]:
