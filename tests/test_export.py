@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -44,6 +45,15 @@ def test_contract_inputs_outputs_and_metadata(realtime_onnx):
     assert int(meta["sharpcam.receptive_radius"]) == model.receptive_radius
     assert int(meta["sharpcam.size_multiple"]) == model.size_multiple
     assert meta["sharpcam.reads_whole_frame"] == ("1" if model.reads_whole_frame else "0")
+
+
+def test_a_1x1_stem_exports_without_a_full_resolution_unshuffle(realtime_onnx):
+    """The unshuffle copies the whole frame once more (a tenth of the 720p time on a CPU);
+    a 1×1 stem (realtime) exports as one strided convolution instead, a 3×3 one (pixels)
+    keeps its SpaceToDepth."""
+    model, path, _ = realtime_onnx
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert ("SpaceToDepth" in ops) == (model.config["stem_kernel"] != 1)
 
 
 # 736×1280: the canvas sharpcam pads a 720p frame to for a size multiple of 32.

@@ -98,6 +98,22 @@ def test_space_to_depth_is_pixel_unshuffle_in_onnx_channel_order():
     assert torch.equal(ours, reordered)
 
 
+@pytest.mark.parametrize("config", [dict(), dict(band_energy=False),
+                                    dict(luma_input=False, band_energy=False)])
+def test_a_1x1_stem_is_the_strided_convolution_of_the_unshuffled_frame(config):
+    """The stem never unshuffles nor concatenates: it must equal the 1×1 convolution of
+    the unshuffled pixels beside the band energies, weight for weight."""
+    model = randomised(build_student("realtime", **config))
+    conv, block = model.encoders[0][0], model.config["unshuffle"]
+    assert conv.kernel_size == (1, 1)
+    pixels = torch.rand(2, 1 if model.luma_input else 3, 32, 48)
+    energy = torch.rand(2, 2, 8, 12) if model.band_energy else None
+    unshuffled = SpaceToDepth(block)(pixels)
+    expected = conv(unshuffled if energy is None else torch.cat([unshuffled, energy], dim=1))
+    with torch.no_grad():
+        assert torch.allclose(model.stem(pixels, energy), expected, atol=1e-5)
+
+
 # Every preset, and the other stem and resolution the sweep measured (a 1×1 stem conv at 1/8).
 RADIUS_CASES = [(preset, {}) for preset in STUDENT_PRESETS] + [
     ("realtime", dict(stem_kernel=1)),
