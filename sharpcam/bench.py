@@ -1,6 +1,7 @@
 """``sharpcam bench``: frames per second on this machine, per resolution and method.
 
-Measures the per-frame work of the pipeline (no camera, no pacing): ``off``
+Measures the per-frame work of the pipeline (no camera; frames as fast as it goes, or
+with ``--fps`` at a camera's rate, where the CPU use is what that rate costs): ``off``
 is the full pipeline path with the model bypassed, ``unsharp`` the classical
 baseline, and the model both tiled (unless it reads the whole frame) and whole-frame,
 at the thread count given; with ``--precision auto`` and an INT8 sibling, whole-frame at
@@ -12,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -71,10 +73,12 @@ class _UnsharpSharpener:
         return unsharp_mask(frame)
 
 
-def time_pipeline(frames, sharpener, seconds: float, min_frames: int = 3) -> tuple:
+def time_pipeline(frames, sharpener, seconds: float, min_frames: int = 3,
+                  pace: Optional[float] = None) -> tuple:
     """(frames per second, CPU use in cores) of the file-mode pipeline over ``frames``
     (two different ones) in turn. CPU use is the process's CPU seconds (every thread) per second over the
-    timed loop: 2.0 means two cores kept busy."""
+    timed loop: 2.0 means two cores kept busy. With ``pace`` (frames/s) a frame never starts
+    before its time, as from a camera: the CPU use is then what that frame rate costs."""
     source = _RepeatSource(frames)
     controls = Controls()
     # One untimed frame first: allocation and first-run costs are not steady state.
@@ -82,6 +86,8 @@ def time_pipeline(frames, sharpener, seconds: float, min_frames: int = 3) -> tup
     Pipeline(source, sharpener, controls, [sink], max_frames=1).run_file()
     frames, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while frames < min_frames or time.perf_counter() - start < seconds:
+        if pace:
+            time.sleep(max(0.0, start + frames / pace - time.perf_counter()))
         Pipeline(source, sharpener, controls, [sink], max_frames=1).run_file()
         frames += 1
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
@@ -91,8 +97,10 @@ def time_pipeline(frames, sharpener, seconds: float, min_frames: int = 3) -> tup
     return frames / wall, min(cpu / wall, float(os.cpu_count() or 1))
 
 
-def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=None) -> list:
-    """Prints and returns the table; ``tile`` 0 leaves out the tiled column."""
+def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=None,
+          pace: Optional[float] = None) -> list:
+    """Prints and returns the table; ``tile`` 0 leaves out the tiled column; ``pace``
+    (frames/s) feeds frames no faster than a camera of that rate would."""
     out = out or sys.stdout
     rows = []
     off_state = ControlState(mode="off")
@@ -120,7 +128,7 @@ def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=Non
             frames = [demo.read(), demo.read()]
         cells = []
         for name, make in methods:
-            cells.append(time_pipeline(frames, make(), seconds))
+            cells.append(time_pipeline(frames, make(), seconds, pace=pace))
         rows.append(((width, height), cells))
         print(f"{f'{width}x{height}':<11}" + "".join(
             f"{f'{fps:.1f} fps ({1000 / fps:.1f} ms) cpu {cpu:.1f}':>30}" for fps, cpu in cells),
@@ -156,6 +164,10 @@ def bench_main(argv) -> int:
                    type=bounded_float(0.0, 3600.0, "must be a number of seconds", "must be between 0 and 3600"))
     p.add_argument("--sizes", type=_sizes, default=SIZES, metavar="WxH,...",
                    help="resolutions to measure (default 640x480,1280x720,1920x1080)")
+    p.add_argument("--fps", default=None, metavar="N",
+                   type=bounded_float(0.1, 1000.0, "must be frames per second", "must be between 0.1 and 1000"),
+                   help="feed frames at N per second, as a camera does, and report the CPU use at that "
+                        "rate (default: as fast as the pipeline goes)")
     args = p.parse_args(argv)
     engine = open_engine_from(args, notify=print)
     if engine.reads_whole_frame and not args.tile:
@@ -166,10 +178,12 @@ def bench_main(argv) -> int:
     if problem:
         raise UsageError(problem)
     threads = "" if args.threads else f" (the default for {os.cpu_count()} cores)"
+    pacing = (f"frames fed at {args.fps:g} per second as from a camera" if args.fps
+              else "without camera or pacing")
     print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) and CPU use "
-          "of the pipeline without camera or pacing, one frame copy to the sink")
+          f"of the pipeline {pacing}, one frame copy to the sink")
     try:
-        bench(engine, sizes=args.sizes, tile=tile, seconds=args.seconds)
+        bench(engine, sizes=args.sizes, tile=tile, seconds=args.seconds, pace=args.fps)
     except ModelError as exc:
         raise UsageError(str(exc)) from None
     return 0

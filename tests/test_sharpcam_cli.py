@@ -40,6 +40,7 @@ def test_model_with_wrong_output_shape_fails_its_first_run_in_one_line(make_mode
 @pytest.mark.parametrize("option,value", [
     ("--sizes", "0x0"), ("--sizes", "10"), ("--sizes", "64x48x3"), ("--sizes", "ax48"),
     ("--tile", "-5"), ("--tile", "0"), ("--seconds", "-1"), ("--threads", "0"),
+    ("--fps", "0"), ("--fps", "fast"),
 ])
 def test_bench_options_are_checked_like_the_main_command(option, value, capsys, test_model):
     args = ["bench", "--model", test_model, "--seconds", "0", "--sizes", "64x48", option, value]

@@ -581,6 +581,21 @@ def test_bench_reports_cpu_use_next_to_frames_per_second():
     assert cpu["busy"] > 1.5 * cpu["sleeping"]
 
 
+def test_paced_bench_never_feeds_faster_than_the_camera_and_idles_between_frames():
+    """At 10 frames/s a 20 ms-per-frame engine has 80 ms of each 100 to wait: frames/s
+    drops to the pace and the CPU use with it. Frame counts, not timings, are asserted:
+    frame k waits for k/pace seconds, so n frames take at least (n - 1)/pace."""
+    from sharpcam.bench import time_pipeline
+    from sharpcam.sharpen import Sharpener
+    frames = [np.full((24, 32, 3), v, np.uint8) for v in (10, 20)]
+    _, free_cpu = time_pipeline(frames, Sharpener(BusyEngine(), tile=0), seconds=0.3)
+    paced_fps, paced_cpu = time_pipeline(frames, Sharpener(BusyEngine(), tile=0), seconds=0.3,
+                                         pace=10.0)
+    frames_run = max(3, round(paced_fps * 0.3))
+    assert paced_fps <= 10.0 * frames_run / (frames_run - 1)
+    assert paced_cpu < 0.6 * free_cpu
+
+
 def test_cpu_meter_is_cpu_seconds_per_second_over_its_window():
     from sharpcam.pipeline import CpuMeter
     wall, cpu = FakeClock(), FakeClock()
