@@ -9,9 +9,10 @@ split (same name hash as training) of `--calibration DIR`.
 Only convolutions are quantised, where the arithmetic is; the full-resolution band maths
 (luma, box filters, gain up-sampling, the sums) is memory-bound, gains nothing from INT8
 and must stay exact. Pixels stay fp32 too: every node whose output has the image's own
-channel count (the final residual add, DepthToSpace back to RGB, ...) and the head (the
-last convolution, predicting pixels or per-pixel gains) are excluded, so 8-bit rounding
-never lands on the picture itself.
+channel count (the final residual add, DepthToSpace back to RGB, ...), the stem (the
+convolutions that read the frame or its luma, which the band maths share) and the head
+(the last convolution, predicting pixels or per-pixel gains) are excluded, so 8-bit
+rounding never lands on the picture itself.
 `--keep-fp32 none` quantises those and every other op too; `--exclude` keeps more nodes
 (names or op types).
 
@@ -41,7 +42,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 
 from sharpcam.atomic_file import write_atomically
 from sharpcam.engine import Engine, ModelError
-from sharpcam.precision import SOURCE_HASH_KEY, file_sha256, int8_sibling
+from sharpcam.engine_choice import SOURCE_HASH_KEY, file_sha256, int8_sibling
 from training import data as datasets
 from training import evaluate
 from training.errors import reported_as_exit
@@ -78,8 +79,8 @@ class Options:
     val_fraction: float = option(0.15, "the split used in training (by name hash)")
     crops: int = option(64, "calibration crops")
     crop: int = option(256, "calibration crop size (smaller photos give smaller crops)")
-    keep_fp32: str = option("image", "image: nodes whose outputs have the image's channel count, and "
-                                     "the head, stay fp32; none: quantise them too",
+    keep_fp32: str = option("image", "image: nodes whose outputs have the image's channel count, "
+                                     "the stem and the head stay fp32; none: quantise them too",
                             choices=["image", "none"])
     exclude: list[str] = option([], "more nodes to keep fp32, by node name or op type", nargs="*")
     min_psnr: float = option(MIN_PSNR_DB, "refuse below this PSNR (dB) of INT8 vs fp32 on any check photo")
@@ -158,18 +159,33 @@ def channel_counts(model: onnx.ModelProto) -> dict[str, Optional[int]]:
     return counts
 
 
+def stem_convolutions(model: onnx.ModelProto) -> list[str]:
+    """The convolutions with no convolution before them: they read the frame (or its luma
+    and band energies) itself. Quantising their input would quantise the luma that the
+    full-resolution band maths share with them."""
+    after_conv, stems = set(), []
+    for node in model.graph.node:  # ONNX lists nodes in topological order
+        downstream = any(i in after_conv for i in node.input)
+        if node.op_type in QUANTIZED_OP_TYPES and not downstream:
+            stems.append(node.name)
+        if downstream or node.op_type in QUANTIZED_OP_TYPES:
+            after_conv.update(node.output)
+    return stems
+
+
 def pixel_nodes(model: onnx.ModelProto) -> list[str]:
-    """Nodes whose every output is a 4-D tensor with the input image's channel count, and
-    the last convolution (the head), whatever its channel count: it predicts the pixels or
-    the per-pixel gains themselves (two gain maps for a two-band student)."""
+    """Nodes whose every output is a 4-D tensor with the input image's channel count, the
+    stem convolutions, and the last convolution (the head), whatever its channel count: it
+    predicts the pixels or the per-pixel gains themselves (two gain maps for a two-band
+    student)."""
     counts = channel_counts(model)
     channels = counts.get(model.graph.input[0].name) or 3
     chosen = [n.name for n in model.graph.node
               if n.output and all(counts.get(o) == channels for o in n.output)]
     convolutions = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES]
     # ONNX lists nodes in topological order: the last convolution is the head.
-    # (nodes_to_exclude drops the repeat when the head has the image's channel count.)
-    return chosen + convolutions[-1:]
+    # (nodes_to_exclude drops repeats, e.g. a head with the image's channel count.)
+    return chosen + stem_convolutions(model) + convolutions[-1:]
 
 
 def nodes_to_exclude(model: onnx.ModelProto, keep_fp32: str, exclude: list[str]) -> list[str]:
