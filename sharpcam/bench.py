@@ -3,9 +3,10 @@
 Measures the per-frame work of the pipeline (no camera; frames as fast as it goes, or
 with ``--fps`` at a camera's rate, where the CPU use is what that rate costs): ``off``
 is the full pipeline path with the model bypassed, ``unsharp`` the classical
-baseline, and the model both tiled (unless it reads the whole frame) and whole-frame,
-at the thread count given; with ``--precision auto`` and an INT8 sibling, whole-frame at
-fp32 and at INT8; for each, frames per second and the process's CPU use (cores kept busy).
+baseline, and the model both tiled (unless it reads the whole frame) and whole-frame.
+Where sharpcam would choose between engines at start (``--threads auto``: one thread or
+the default count; ``--precision auto`` with an INT8 sibling) each candidate gets a
+whole-frame column. For each, frames per second and the process's CPU use (cores kept busy).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .engine import ModelError
 from .lifetime import Lifetime
 from .options import UsageError, add_model_options, bounded_float, open_engine_from, positive_int
 from .pipeline import Pipeline
-from .precision import PrecisionChoice
+from .engine_choice import EngineChoice
 from .sharpen import Sharpener, unsharp_mask
 from .sources import DemoSource
 from .tiling import min_useful_tile, tile_problem
@@ -115,12 +116,14 @@ def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=Non
             return self.inner.process(frame, off_state)
 
     methods = [("off", lambda: _Off()), ("unsharp", lambda: _UnsharpSharpener())]
+    # A choice of engines (--threads auto, --precision auto with an INT8 sibling): each one
+    # on the whole frame, so the table shows what each costs; the tiled column runs the first.
+    candidates = engine.engines if isinstance(engine, EngineChoice) else {"": engine}
+    first_name, first = next(iter(candidates.items()))
     if tile:
-        methods.append((f"model tile {tile}", lambda: Sharpener(engine, tile=tile)))
-    # --precision auto with an INT8 sibling: the whole frame at each precision.
-    precisions = engine.engines if isinstance(engine, PrecisionChoice) else {"": engine}
+        methods.append((f"model tile {tile} {first_name}".rstrip(), lambda: Sharpener(first, tile=tile)))
     methods += [(f"model whole {name}".rstrip(), lambda e=e: Sharpener(e, tile=0))
-                for name, e in precisions.items()]
+                for name, e in candidates.items()]
     header = f"{'resolution':<11}" + "".join(f"{name:>30}" for name, _ in methods)
     print(header + "   (cpu: cores busy, CPU seconds per second)", file=out)
     for width, height in sizes:
@@ -177,7 +180,8 @@ def bench_main(argv) -> int:
     problem = tile_problem(tile, engine.receptive_radius, engine.size_multiple, engine.reads_whole_frame)
     if problem:
         raise UsageError(problem)
-    threads = "" if args.threads else f" (the default for {os.cpu_count()} cores)"
+    threads = (f" (--threads auto on {os.cpu_count()} cores: a column for each candidate)"
+               if args.threads == "auto" else "")
     pacing = (f"frames fed at {args.fps:g} per second as from a camera" if args.fps
               else "without camera or pacing")
     print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) and CPU use "

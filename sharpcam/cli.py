@@ -288,8 +288,10 @@ def open_sinks(args, stack: contextlib.ExitStack, source, controls: Controls, st
     return sinks, input_sinks, vcam
 
 
-def warmed_up_sharpener(engine, args, source, status):
-    """A Sharpener for the source's frame size, its tiling chosen and its first run done."""
+def warmed_up_sharpener(engine, args, source, status, live: bool):
+    """A Sharpener for the source's frame size, its tiling (and engine, where there is a
+    choice) chosen and its first run done; ``live``: frames come at the source's rate, and
+    the engine chosen must keep up with it."""
     from .engine import ModelError
     from .sharpen import Sharpener
 
@@ -297,7 +299,8 @@ def warmed_up_sharpener(engine, args, source, status):
                           warn=lambda message: status.note(f"sharpcam: warning: {message}"))
     try:
         # The first run is part of checking the model: a wrong output shape shows only here.
-        warm_ms = sharpener.warm_up(source.height, source.width)
+        frame_ms = 1000.0 / source.fps if live and source.fps > 0 else None
+        warm_ms = sharpener.warm_up(source.height, source.width, frame_ms=frame_ms)
     except ModelError as exc:
         raise UsageError(str(exc)) from None
     for choice in (sharpener.choice_note, engine.choice_note):
@@ -363,7 +366,7 @@ def run(args) -> int:
             raise UsageError(problem)
         sinks, input_sinks, vcam = open_sinks(args, stack, source, controls, status, file_mode)
         # Warm-up (and the tiled/whole-frame measurement) after the sinks: setup errors first.
-        sharpener = warmed_up_sharpener(engine, args, source, status)
+        sharpener = warmed_up_sharpener(engine, args, source, status, live=not file_mode)
 
         pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames,
                             input_sinks=input_sinks)

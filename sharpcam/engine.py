@@ -102,7 +102,7 @@ class Engine(Lifetime):
     and returns N×3×H×W float32 with H and W multiples of ``size_multiple``.
     """
 
-    # What a choice measured at start-up chose (PrecisionChoice's note); one engine has none.
+    # What a choice measured at start-up chose (EngineChoice's note); one engine has none.
     choice_note = ""
 
     def __init__(self, model_path: str, *, device: str = "auto", threads: Optional[int] = None,
@@ -187,8 +187,9 @@ class Engine(Lifetime):
                 "the contract wants the same shape (re-export it with `python -m training.export`)")
         return out
 
-    def warm_up(self, batch_shape: tuple) -> float:
-        """Run once on zeros so the first real frame does not pay for allocation; returns ms."""
+    def warm_up(self, batch_shape: tuple, frame_ms: Optional[float] = None) -> float:
+        """Run once on zeros so the first real frame does not pay for allocation; returns ms.
+        (``frame_ms`` is for a choice between engines, see engine_choice; one has none.)"""
         self.run(np.zeros(batch_shape, np.float32))
         return self.last_ms
 

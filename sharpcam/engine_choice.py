@@ -1,11 +1,15 @@
-"""``--precision auto|fp32|int8``: the fp32 student or its INT8 sibling, whichever is faster.
+"""Which engine runs the student: ``--precision auto|fp32|int8`` and ``--threads auto|N``.
 
 ``python -m training.quantize NAME.onnx`` writes ``NAME.int8.onnx`` beside it, with the
 same contract and metadata plus ``sharpcam.precision=int8`` and the SHA-256 of the fp32
-file it came from.  INT8 only pays on CPUs with fast 8-bit dot products, so ``auto``
-does what ``--tile auto`` does: it times both on the real frame size at start-up
-(interleaved runs, median) and keeps the faster.  ``PrecisionChoice`` looks like an
-``Engine`` to the rest of sharpcam; it runs fp32 until the choice is made.
+file it came from.  INT8 only pays on CPUs with fast 8-bit dot products, and a second
+thread only pays when one cannot keep up with the camera (each thread costs CPU the call
+app needs, for less and less speed), so ``auto`` does what ``--tile auto`` does: it times
+the candidates on the real frame size at start-up (interleaved runs, median) and keeps
+the cheapest that keeps up: the fewest threads whose runs fit the camera's frame
+interval, the faster precision of those; the fastest when none fits.  ``EngineChoice``
+looks like an ``Engine`` to the rest of sharpcam; it runs its first candidate until the
+choice is made.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .engine import Engine, ModelError
+from .engine import Engine, ModelError, default_threads
 from .lifetime import Lifetime
 
 PRECISIONS = ("auto", "fp32", "int8")
@@ -58,7 +62,7 @@ def sibling_problem(fp32: Engine, int8: Engine) -> Optional[str]:
 def measure(engines: dict, batch_shape: tuple, repeats: int = 5,
             clock: Callable[[], float] = time.perf_counter) -> dict:
     """Median ms per run of each engine on a zero batch; the runs alternate between the
-    engines so that other load on the machine falls on both alike."""
+    engines so that other load on the machine falls on all alike."""
     batch = np.zeros(batch_shape, np.float32)
     for engine in engines.values():
         engine.run(batch)  # first runs allocate
@@ -71,34 +75,55 @@ def measure(engines: dict, batch_shape: tuple, repeats: int = 5,
     return {name: statistics.median(ms) for name, ms in samples.items()}
 
 
-def fastest(timings: dict) -> str:
-    """The name with the lowest time; a tie keeps the first (fp32)."""
+# The model's share of the camera's frame interval: converting the frame in and out, the
+# blend and the sinks take about a fifth of it at 720p on a laptop CPU, and a run that only
+# just fits would drop frames whenever the call app takes the core for a moment.
+MODEL_SHARE_OF_FRAME = 0.75
+
+
+def pick(timings: dict, threads: dict, frame_ms: Optional[float] = None) -> str:
+    """The candidate to keep. Given the camera's frame interval, the fewest threads whose
+    median run fits the model's share of it, the faster of those; when none fits, or with
+    no interval (a file, a benchmark), the fastest. A tie keeps the first."""
+    fitting = [name for name in timings
+               if frame_ms is not None and timings[name] <= MODEL_SHARE_OF_FRAME * frame_ms]
+    if fitting:
+        return min(fitting, key=lambda name: (threads[name], timings[name]))
     return min(timings, key=timings.get)
 
 
-class PrecisionChoice(Lifetime):
-    """Engine-shaped pair of engines; ``choose`` (or ``warm_up``) keeps the faster one."""
+def thread_candidates() -> list[int]:
+    """What ``--threads auto`` measures: one thread, and the default count (the cores less
+    one for the call app, at most 4; all of them below 4 cores) when that is more."""
+    return sorted({1, default_threads()})
+
+
+class EngineChoice(Lifetime):
+    """Engine-shaped set of engines over one model; ``choose`` (or ``warm_up``) keeps one."""
 
     def __init__(self, engines: dict, repeats: int = 5, clock: Callable[[], float] = time.perf_counter):
         self.engines = dict(engines)
         self.active = next(iter(self.engines.values()))
-        self.precision: Optional[str] = None
+        self.chosen: Optional[str] = None
         self.timings: dict = {}
         self.choice_note = ""
         self._repeats, self._clock = repeats, clock
 
-    def choose(self, batch_shape: tuple) -> str:
+    def choose(self, batch_shape: tuple, frame_ms: Optional[float] = None) -> str:
         self.timings = measure(self.engines, batch_shape, self._repeats, self._clock)
-        self.precision = fastest(self.timings)
-        self.active = self.engines[self.precision]
-        self.choice_note = "auto precision: " + ", ".join(
+        threads = {name: engine.threads for name, engine in self.engines.items()}
+        self.chosen = pick(self.timings, threads, frame_ms)
+        self.active = self.engines[self.chosen]
+        budget = (f"; the model's share of a frame: {MODEL_SHARE_OF_FRAME * frame_ms:.1f} ms"
+                  if frame_ms is not None else "")
+        self.choice_note = "auto engine: " + ", ".join(
             f"{name} {ms:.1f} ms" for name, ms in self.timings.items()
-        ) + f" (median of {self._repeats}, {'x'.join(map(str, batch_shape))}) -> {self.precision}"
-        return self.precision
+        ) + f" (median of {self._repeats}, {'x'.join(map(str, batch_shape))}{budget}) -> {self.chosen}"
+        return self.chosen
 
-    def warm_up(self, batch_shape: tuple) -> float:
-        if self.precision is None:
-            self.choose(batch_shape)
+    def warm_up(self, batch_shape: tuple, frame_ms: Optional[float] = None) -> float:
+        if self.chosen is None:
+            self.choose(batch_shape, frame_ms)
         return self.active.warm_up(batch_shape)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -133,10 +158,8 @@ class PrecisionChoice(Lifetime):
         return self.active.reads_whole_frame
 
     def describe(self) -> str:
-        if self.precision is None:
-            first, *others = self.engines.values()
-            return first.describe() + "".join(
-                f", or {os.path.basename(e.info.path)} if faster (measured at start)" for e in others)
+        if self.chosen is None:
+            return self.active.describe() + f", or one of {', '.join(list(self.engines)[1:])} (measured at start)"
         return self.active.describe()
 
     def close(self) -> None:
@@ -144,35 +167,57 @@ class PrecisionChoice(Lifetime):
             engine.close()
 
 
+def thread_label(count: int) -> str:
+    return f"{count} thread{'' if count == 1 else 's'}"
+
+
 def open_engine(model_path, precision: str = "auto", notify: Optional[Callable[[str], None]] = None,
-                **engine_options):
-    """The engine ``--precision`` asks for: fp32 (``model_path``), its INT8 sibling, or with
-    ``auto`` both when a sibling made from this very fp32 file exists (else fp32 alone, and
-    ``notify`` hears why a sibling present was passed over).  Raises ModelError."""
+                threads=None, **engine_options):
+    """The engine the options ask for: one Engine, or an EngineChoice of several.
+
+    ``precision``: fp32 (``model_path``), its INT8 sibling, or auto: both when a sibling made
+    from this very fp32 file exists (else fp32 alone, and ``notify`` hears why a sibling
+    present was passed over). ``threads``: a count, None for the default count, or "auto"
+    (`thread_candidates`). Raises ModelError."""
     if precision not in PRECISIONS:
         raise ModelError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "fp32":
-        return Engine(model_path, **engine_options)
+    counts = thread_candidates() if threads == "auto" else [threads]
+    opened = {}  # (path, threads) -> Engine: sessions made to check a sibling are kept
+
+    def engine(path, count):
+        if (path, count) not in opened:
+            opened[path, count] = Engine(path, threads=count, **engine_options)
+        return opened[path, count]
+
+    paths = {"fp32": model_path}
     sibling = int8_sibling(model_path)
-    if not os.path.isfile(sibling):
-        if precision == "int8":
-            raise ModelError(f"--precision int8: no INT8 model beside {model_path} (expected {sibling}); "
-                             f"make one with `python -m training.quantize {model_path}`, "
-                             "or use --precision fp32")
-        return Engine(model_path, **engine_options)
-    fp32 = Engine(model_path, **engine_options)
-    try:
-        int8 = Engine(sibling, **engine_options)
-        problem = sibling_problem(fp32, int8)
-    except ModelError as exc:
-        int8, problem = None, str(exc)
-    if problem and precision == "int8":
-        raise ModelError(f"--precision int8: {problem}")
-    if problem:
-        if notify:
+    if precision == "int8" and not os.path.isfile(sibling):
+        raise ModelError(f"--precision int8: no INT8 model beside {model_path} (expected {sibling}); "
+                         f"make one with `python -m training.quantize {model_path}`, "
+                         "or use --precision fp32")
+    if precision != "fp32" and os.path.isfile(sibling):
+        fp32 = engine(model_path, counts[0])
+        try:
+            problem = sibling_problem(fp32, engine(sibling, counts[0]))
+        except ModelError as exc:
+            problem = str(exc)
+        if problem and precision == "int8":
+            for session in opened.values():
+                session.close()
+            raise ModelError(f"--precision int8: {problem}")
+        if problem and notify:
             notify(f"ignoring the INT8 model: {problem}; running fp32")
-        return fp32
-    if precision == "int8":
-        fp32.close()
-        return int8
-    return PrecisionChoice({"fp32": fp32, "int8": int8})
+        if not problem:
+            paths = {"int8": sibling} if precision == "int8" else {"fp32": model_path, "int8": sibling}
+    candidates = {}
+    for name, path in paths.items():
+        for count in counts:
+            label = " ".join(([name] if len(paths) > 1 else []) +
+                             ([thread_label(count)] if len(counts) > 1 else []))
+            candidates[label or name] = engine(path, count)
+    for session in opened.values():
+        if not any(session is kept for kept in candidates.values()):
+            session.close()
+    if len(candidates) == 1:
+        return next(iter(candidates.values()))
+    return EngineChoice(candidates)

@@ -42,15 +42,26 @@ def positive_int(value: str) -> int:
     return n
 
 
+def thread_count(value: str):
+    """An argparse type: "auto" or a positive integer."""
+    if value == "auto":
+        return value
+    try:
+        return positive_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError("must be a positive integer or auto") from None
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
                    help="student ONNX model (default: the one shipped with sharpcam)")
     g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="execution provider: auto picks CUDA, DirectML, CoreML or OpenVINO when installed")
-    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for inference (default: the cores less one for the call "
-                        "app, at most 4; all of them below 4 cores)")
+    g.add_argument("--threads", type=thread_count, default="auto", metavar="N|auto",
+                   help="CPU threads for inference; auto (default): one, or the cores less one "
+                        "for the call app (at most 4; all of them below 4 cores) when one cannot "
+                        "keep up with the camera, measured at start")
     g.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
                    help="fp32 model or its INT8 sibling (NAME.int8.onnx); auto (default) = "
                         "the faster, measured at start")
@@ -60,11 +71,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def open_engine_from(args: argparse.Namespace, notify: Callable[[str], None]):
-    """The engine (an Engine, or a PrecisionChoice of two) that the model options ask for;
+    """The engine (an Engine, or an EngineChoice of several) that the model options ask for;
     ``notify`` hears why an INT8 sibling was passed over. Raises UsageError."""
     # Imported here so that `sharpcam --help` and usage errors do not wait for onnxruntime.
     from .engine import ModelError
-    from .precision import open_engine
+    from .engine_choice import open_engine
 
     if os.path.abspath(args.model) == os.path.abspath(DEFAULT_MODEL) and not os.path.isfile(DEFAULT_MODEL):
         raise UsageError(f"the bundled model is missing from this installation ({DEFAULT_MODEL}); "

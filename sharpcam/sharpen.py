@@ -149,9 +149,11 @@ class Sharpener:
         # model run (which replaces this) overwrites.
         self._last_rgb = rgb
 
-    def warm_up(self, height: int, width: int) -> float:
+    def warm_up(self, height: int, width: int, frame_ms: Optional[float] = None) -> float:
+        """Tiling chosen, the engine's choice made (``frame_ms``: the camera's frame
+        interval, which the engine chosen must keep up with) and the first run done."""
         tiler = self.tiler(height, width)
-        return self.engine.warm_up(tiler.batch_shape)
+        return self.engine.warm_up(tiler.batch_shape, frame_ms=frame_ms)
 
     def process(self, frame: np.ndarray, state: ControlState) -> np.ndarray:
         if state.mirror:

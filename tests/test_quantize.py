@@ -11,7 +11,7 @@ import torch
 
 from models import build_student
 from sharpcam import ASSETS_DIR
-from sharpcam.precision import SOURCE_HASH_KEY, file_sha256, int8_sibling
+from sharpcam.engine_choice import SOURCE_HASH_KEY, file_sha256, int8_sibling
 from training.export import export_student
 from training.options import parse_options
 from training.quality import psnr
@@ -168,7 +168,7 @@ def test_a_bundled_int8_model_matches_the_bundled_fp32_model_or_none_is_shipped(
     int8 = Path(int8_sibling(fp32))
     if not int8.is_file():
         from sharpcam.engine import Engine
-        from sharpcam.precision import open_engine
+        from sharpcam.engine_choice import open_engine
         engine = open_engine(str(fp32), "auto", device="cpu", threads=1)
         assert isinstance(engine, Engine) and engine.info.path == str(fp32)
         return
