@@ -195,7 +195,7 @@ class Engine(Lifetime):
 
     def describe(self) -> str:
         provider = self.providers[0].replace("ExecutionProvider", "")
-        threads = f", {self.threads} threads" if self.threads else ""
+        threads = f", {self.threads} thread{'' if self.threads == 1 else 's'}" if self.threads else ""
         reach = "reads the whole frame" if self.reads_whole_frame else f"radius {self.receptive_radius}px"
         return (f"{os.path.basename(self.info.path)} ({self.info.arch}/{self.info.preset}, "
                 f"{reach}, multiple {self.size_multiple}) on {provider}{threads}")

@@ -159,7 +159,7 @@ class EngineChoice(Lifetime):
 
     def describe(self) -> str:
         if self.chosen is None:
-            return self.active.describe() + f", or one of {', '.join(list(self.engines)[1:])} (measured at start)"
+            return self.active.describe() + f"; measured at start against {', '.join(list(self.engines)[1:])}"
         return self.active.describe()
 
     def close(self) -> None:
