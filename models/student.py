@@ -38,11 +38,11 @@ STUDENT_PRESETS: dict[str, dict] = {
     # A 1/4-resolution UNet on the luma and its band energies, gains for two
     # full-resolution luma bands out (box filters 3 and 9, cascaded: σ ≈ 0.8 and 2.7), with
     # the frame's average features added at its coarsest level. Built for onnxruntime on a
-    # laptop CPU, where the full-resolution band maths and the 1/4-resolution level cost
-    # the most: a 1×1 stem and no residual block at 1/4 (the 1/8 and 1/16 levels keep
-    # theirs), two bands instead of three. 1.17 GFLOP/720p, 0.57× the time of the
-    # three-band design it replaced (MODEL_CARD.md, "Third round").
-    "realtime": dict(widths=[12, 24, 48], blocks=[0, 1, 1], unshuffle=4, head_kernel=3,
+    # laptop CPU, where the full-resolution band maths and the finer levels cost the most:
+    # a 1×1 stem, one residual block, at 1/16 only, and a 1×1 head; two bands, not three.
+    # 0.55 GFLOP/720p, 0.70× the time of the design before it at the same held-out mix
+    # (MODEL_CARD.md, "Fourth round").
+    "realtime": dict(widths=[12, 24, 48], blocks=[0, 0, 1], unshuffle=4, head_kernel=1,
                      global_residual=True, bands=[3, 9], luma_input=True, band_energy=True,
                      frame_context=True, stem_kernel=1),
 }
