@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .engine import Engine, ModelError, default_threads
+from .engine import CPU_PROVIDER, Engine, ModelError, choose_providers, default_threads
 from .lifetime import Lifetime
 
 PRECISIONS = ("auto", "fp32", "int8")
@@ -90,6 +90,12 @@ def pick(timings: dict, threads: dict, frame_ms: Optional[float] = None) -> str:
     if fitting:
         return min(fitting, key=lambda name: (threads[name], timings[name]))
     return min(timings, key=timings.get)
+
+
+def runs_on_cpu(device: str) -> bool:
+    """Whether ``--device`` resolves to the CPU: threads are only worth choosing there (a GPU
+    provider would get two sessions, twice the memory, for nothing)."""
+    return choose_providers(device)[0] == CPU_PROVIDER
 
 
 def thread_candidates() -> list[int]:
@@ -181,7 +187,10 @@ def open_engine(model_path, precision: str = "auto", notify: Optional[Callable[[
     (`thread_candidates`). Raises ModelError."""
     if precision not in PRECISIONS:
         raise ModelError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    counts = thread_candidates() if threads == "auto" else [threads]
+    if threads == "auto":
+        counts = thread_candidates() if runs_on_cpu(engine_options.get("device", "auto")) else [None]
+    else:
+        counts = [threads]
     opened = {}  # (path, threads) -> Engine: sessions made to check a sibling are kept
 
     def engine(path, count):

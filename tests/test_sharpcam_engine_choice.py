@@ -107,6 +107,12 @@ def test_threads_auto_opens_one_thread_and_the_default_count(fp32_model, monkeyp
     assert list(engine.engines) == ["fp32 1 thread", "fp32 2 threads", "int8 1 thread", "int8 2 threads"]
 
 
+def test_threads_auto_opens_one_session_on_a_gpu(fp32_model, monkeypatch):
+    monkeypatch.setattr("sharpcam.engine.os.cpu_count", lambda: 8)
+    monkeypatch.setattr("sharpcam.engine_choice.runs_on_cpu", lambda device: False)
+    assert isinstance(open_engine(fp32_model, "auto", device="auto", threads="auto"), Engine)
+
+
 def test_int8_sibling_name():
     assert int8_sibling("/a/student.onnx") == "/a/student.int8.onnx"
     assert int8_sibling("model") == "model.int8.onnx"
