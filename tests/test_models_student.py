@@ -145,13 +145,15 @@ def test_frame_context_makes_every_pixel_read_the_whole_frame():
     assert framed.reads_whole_frame and not local.reads_whole_frame
     # A corner patch far outside the opposite corner's reach.
     size = (2 * local.receptive_radius + 64) // local.size_multiple * local.size_multiple
-    x = torch.rand(1, 3, size, size)
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     far = x.clone()
     reach = 16 + local.receptive_radius
     far[:, :, reach:, reach:] = 1 - far[:, :, reach:, reach:]
     with torch.no_grad():
         corner = [(m(far) - m(x))[0, :, :16, :16].abs().max().item() for m in (local, framed)]
-    assert corner[0] == 0 and corner[1] > 1e-4
+    # The far patch moves the frame's average a little: ~1e-4 at the corner with these
+    # weights, a thousand times float32's rounding of values near 1.
+    assert corner[0] == 0 and corner[1] > 1e-5
     untrained = build_student("realtime", frame_context=True)
     with torch.no_grad():
         assert torch.equal(untrained(x), x)  # the context branch starts as no offset
