@@ -37,6 +37,10 @@ def default_threads() -> int:
     return max(1, min(4, cores - 1)) if cores >= 4 else cores
 
 
+def thread_label(count: int) -> str:
+    return f"{count} thread{'' if count == 1 else 's'}"
+
+
 class ModelError(Exception):
     """The model file is missing, unreadable or breaks the SharpCam contract."""
 
@@ -195,7 +199,7 @@ class Engine(Lifetime):
 
     def describe(self) -> str:
         provider = self.providers[0].replace("ExecutionProvider", "")
-        threads = f", {self.threads} thread{'' if self.threads == 1 else 's'}" if self.threads else ""
+        threads = f", {thread_label(self.threads)}" if self.threads else ""
         reach = "reads the whole frame" if self.reads_whole_frame else f"radius {self.receptive_radius}px"
         return (f"{os.path.basename(self.info.path)} ({self.info.arch}/{self.info.preset}, "
                 f"{reach}, multiple {self.size_multiple}) on {provider}{threads}")

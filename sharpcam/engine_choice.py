@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .engine import CPU_PROVIDER, Engine, ModelError, choose_providers, default_threads
+from .engine import CPU_PROVIDER, Engine, ModelError, choose_providers, default_threads, thread_label
 from .lifetime import Lifetime
 
 PRECISIONS = ("auto", "fp32", "int8")
@@ -85,8 +85,8 @@ def pick(timings: dict, threads: dict, frame_ms: Optional[float] = None) -> str:
     """The candidate to keep. Given the camera's frame interval, the fewest threads whose
     median run fits the model's share of it, the faster of those; when none fits, or with
     no interval (a file, a benchmark), the fastest. A tie keeps the first."""
-    fitting = [name for name in timings
-               if frame_ms is not None and timings[name] <= MODEL_SHARE_OF_FRAME * frame_ms]
+    fitting = [] if frame_ms is None else [
+        name for name in timings if timings[name] <= MODEL_SHARE_OF_FRAME * frame_ms]
     if fitting:
         return min(fitting, key=lambda name: (threads[name], timings[name]))
     return min(timings, key=timings.get)
@@ -171,10 +171,6 @@ class EngineChoice(Lifetime):
     def close(self) -> None:
         for engine in self.engines.values():
             engine.close()
-
-
-def thread_label(count: int) -> str:
-    return f"{count} thread{'' if count == 1 else 's'}"
 
 
 def open_engine(model_path, precision: str = "auto", notify: Optional[Callable[[str], None]] = None,
