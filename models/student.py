@@ -142,23 +142,43 @@ class DecoderStage(nn.Module):
         return self.blocks(self.relu(self.up(x) + skip))
 
 
+def block_edge_contrast(luma, eps=1e-3):
+    """How much more the luma steps across the 8×8 blocks' horizontal edges than across
+    their middles, per frame: log(mean |row 8 − row 7|, |row 16 − row 15|, … /
+    mean |row 4 − row 3|, |row 12 − row 11|, …). N×1×1×1.
+
+    About 0 for any natural frame, sharp, blurred, noisy or rescaled; 0.1–0.9 for a frame
+    that went through JPEG at quality 75 or lower, whose 8×8 blocks are quantised apart.
+    Compression takes fine detail away much as blur does, but sharpening it back only
+    amplifies the quantisation error, so a student needs this to tell the two apart.
+    Whole rows, half of the frame's, read once: one direction is enough, since JPEG's
+    blocks have both edges, and a row is contiguous where a column is not."""
+    edge = (luma[..., 8::8, :] - luma[..., 7:-1:8, :]).abs().mean(dim=(2, 3), keepdim=True)
+    mid = (luma[..., 4::8, :] - luma[..., 3:-1:8, :]).abs().mean(dim=(2, 3), keepdim=True)
+    return torch.log((edge + eps) / (mid + eps))
+
+
 class FrameContext(nn.Module):
     """Features averaged over the whole frame, turned into a per-channel offset added
     everywhere: what the frame as a whole says about its camera.
 
     A webcam's softness and noise are the same all over a frame, but a window of a few
     hundred pixels cannot always tell a mildly soft edge from a naturally soft one; the
-    frame's average is a far steadier estimate. The second convolution starts at zero, so
+    frame's average is a far steadier estimate. `measures` more per-frame numbers (the
+    block-edge contrast) can join the average. The second convolution starts at zero, so
     the branch starts as no offset at all."""
 
-    def __init__(self, channels):
+    def __init__(self, channels, measures=0):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.conv1 = nn.Conv2d(channels + measures, channels, 1)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x):
-        return x + self.conv2(self.relu(self.conv1(x.mean(dim=(2, 3), keepdim=True))))
+    def forward(self, x, measures=None):
+        average = x.mean(dim=(2, 3), keepdim=True)
+        if measures is not None:
+            average = torch.cat([average, measures], dim=1)
+        return x + self.conv2(self.relu(self.conv1(average)))
 
 
 class ResidualUNet(nn.Module):
@@ -176,7 +196,7 @@ class ResidualUNet(nn.Module):
 
     def __init__(self, widths, blocks, unshuffle, head_kernel, global_residual, bands=(),
                  luma_input=False, band_energy=False, frame_context=False, stem_kernel=3,
-                 in_channels=3, preset=None):
+                 block_edges=False, in_channels=3, preset=None):
         super().__init__()
         if len(widths) != len(blocks) or len(widths) < 1:
             raise ValueError("widths and blocks need one entry per stage")
@@ -187,7 +207,7 @@ class ResidualUNet(nn.Module):
                            global_residual=global_residual, bands=list(bands),
                            luma_input=luma_input, band_energy=band_energy,
                            frame_context=frame_context, stem_kernel=stem_kernel,
-                           in_channels=in_channels)
+                           block_edges=block_edges, in_channels=in_channels)
         self.global_residual = global_residual
         if (bands or luma_input) and in_channels != 3:
             raise ValueError("luma bands and luma input need RGB images (in_channels=3)")
@@ -195,6 +215,9 @@ class ResidualUNet(nn.Module):
             raise ValueError(f"stem_kernel must be 1 or 3, got {stem_kernel}")
         if (luma_input or band_energy) and not bands:
             raise ValueError("luma_input and band_energy need bands: they are features of the bands")
+        if block_edges and not (bands and frame_context):
+            raise ValueError("block_edges is a per-frame measure of the luma: it needs bands and frame_context")
+        self.block_edges = block_edges
         self.luma_input = luma_input
         stem_channels = (1 if luma_input else in_channels) * unshuffle * unshuffle
         self.band_energy = band_energy
@@ -210,7 +233,7 @@ class ResidualUNet(nn.Module):
                 nn.ReLU(inplace=True),
                 *[ResidualBlock(width) for _ in range(count)],
             ))
-        self.context = FrameContext(widths[-1]) if frame_context else None
+        self.context = FrameContext(widths[-1], measures=1 if block_edges else 0) if frame_context else None
         self.decoders = nn.ModuleList(
             DecoderStage(widths[i + 1], widths[i], blocks[i]) for i in reversed(range(len(widths) - 1))
         )
@@ -342,7 +365,7 @@ class ResidualUNet(nn.Module):
             skips.append(x)
         skips.pop()
         if self.context is not None:
-            x = self.context(x)
+            x = self.context(x, block_edge_contrast(luma) if self.block_edges else None)
         for decoder in self.decoders:
             x = decoder(x, skips.pop())
         x = self.head(x)

@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -9,7 +10,8 @@ from torch import nn
 from models import (STUDENT_PRESETS, CheckpointError, build_student, load_checkpoint,
                     load_student, save_checkpoint)
 from models.__main__ import gflop
-from models.student import SpaceToDepth
+from models.student import SpaceToDepth, block_edge_contrast
+from training import degrade
 
 
 def randomised(model, seed=0):
@@ -254,3 +256,50 @@ def test_compute_counts_the_frame_padded_to_the_size_multiple():
     model = build_student("realtime", widths=[8, 16, 32, 64], blocks=[0, 1, 1, 1])
     assert model.size_multiple == 32
     assert gflop(model, 720, 1280) == gflop(model, 736, 1280) > gflop(model, 704, 1280)
+
+
+def photo(name="astronaut"):
+    import skimage.data
+    rgb = getattr(skimage.data, name)().astype(np.float32) / 255.0
+    return rgb
+
+
+def luma_of(rgb):
+    return torch.from_numpy(np.ascontiguousarray(rgb @ np.float32([0.299, 0.587, 0.114])))[None, None]
+
+
+def test_block_edge_contrast_tells_compression_from_blur_and_noise():
+    rng = np.random.default_rng(0)
+    rgb = photo()
+    natural = {"sharp": rgb, "blurred": degrade.gaussian_blur(rgb, rng, sigma=1.2),
+               "noisy": degrade.sensor_noise(rgb, rng, photons=200.0, read_sigma=0.008),
+               "rescaled": degrade.rescale(rgb, rng, factor=2.0, down="area", up="linear")}
+    for name, image in natural.items():
+        assert abs(block_edge_contrast(luma_of(image)).item()) < 0.06, name
+    compressed = [block_edge_contrast(luma_of(degrade.jpeg(rgb, rng, quality=q))).item() for q in (90, 75, 40)]
+    assert 0.1 < compressed[1] < compressed[2]  # JPEG q 75 is plain to see, q 40 more so
+    assert compressed[0] < compressed[1]
+    # The 8×8 grid is what it measures: shifted by 4 rows, a compressed frame's edges
+    # fall where the middles were, and the contrast turns negative.
+    shifted = degrade.jpeg(rgb, rng, quality=40)[4:]
+    assert block_edge_contrast(luma_of(shifted)).item() < -0.1
+
+
+def test_block_edges_feed_the_frame_context_and_start_as_the_identity():
+    with pytest.raises(ValueError, match="needs bands and frame_context"):
+        build_student("realtime", frame_context=False, block_edges=True)
+    untrained = build_student("realtime", block_edges=True)
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(untrained(x), x)
+    # A compressed photograph: its measure is far from 0, and it reaches the output
+    # through the context's first convolution, in its last input channel.
+    rgb = degrade.jpeg(photo()[:128, :192], np.random.default_rng(0), quality=40)
+    frame = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+    model = randomised(build_student("realtime", block_edges=True))
+    assert model.context.conv1.in_channels == model.context.conv2.out_channels + 1
+    with torch.no_grad():
+        measured = model(frame)
+        model.context.conv1.weight[:, -1] = 0
+        blind = model(frame)
+    assert (measured - blind).abs().max().item() > 1e-4

@@ -97,3 +97,19 @@ def test_every_component_has_a_mild_and_a_moderate_strength_that_orders_them():
         mild = degrade.component(f"{name}_mild")(img, np.random.default_rng(0))
         moderate = degrade.component(name)(img, np.random.default_rng(0))
         assert np.abs(mild - img).mean() < np.abs(moderate - img).mean(), name
+
+
+def test_webcam_compressed_leaves_a_tenth_in_focus_but_compressed():
+    img = textured(96, 96)
+    sharp_energy = high_freq_energy(img)
+    in_focus_changed = {"webcam": 0, "webcam-compressed": 0}
+    n = 300
+    for name in in_focus_changed:
+        for seed in range(n):
+            out = degrade.PRESETS[name](img, np.random.default_rng(seed))
+            np.testing.assert_array_equal(out, degrade.PRESETS[name](img, np.random.default_rng(seed)))
+            # Not blurred (all the fine detail is still there), yet not the input: compressed.
+            if high_freq_energy(out) >= 0.99 * sharp_energy and out.tobytes() != img.tobytes():
+                in_focus_changed[name] += 1
+    assert in_focus_changed["webcam"] == 0  # every frame that `webcam` touches is softened
+    assert 0.05 * n <= in_focus_changed["webcam-compressed"] <= 0.16 * n  # 10 %

@@ -180,8 +180,20 @@ def webcam_preset(image: Image, rng: np.random.Generator) -> Image:
     on many unblurred frames, a small network learns that leaving frames alone or
     smoothing them is the cheapest win, and stops sharpening.
     """
+    return _webcam_chain(image, rng, in_focus_compressed=0.0)
+
+
+def _webcam_chain(image: Image, rng: np.random.Generator, in_focus_compressed: float) -> Image:
     if rng.random() < UNTOUCHED_SHARE:
         return image
+    if in_focus_compressed and rng.random() < in_focus_compressed:  # no draw at 0: `webcam` stays as it was
+        # In focus, then the sensor and the codec: compression that a student must not
+        # mistake for blur.
+        out = image
+        if rng.random() < 0.25:
+            out = sensor_noise(out, rng, photons=log_uniform(rng, 600.0, 4000.0),
+                               read_sigma=float(rng.uniform(0.0, 0.004)))
+        return jpeg(out, rng, quality=int(rng.integers(50, 96)))
     # Log-uniform strengths: as many frames between σ 0.4 and 0.8 as between 0.8 and 1.6.
     kind = rng.random()
     if kind < 0.6:
@@ -200,6 +212,16 @@ def webcam_preset(image: Image, rng: np.random.Generator) -> Image:
     if rng.random() < 0.5:
         out = jpeg(out, rng, quality=int(rng.integers(50, 96)))
     return out
+
+
+IN_FOCUS_COMPRESSED_SHARE = 0.1
+
+
+def webcam_compressed_preset(image: Image, rng: np.random.Generator) -> Image:
+    """`webcam`, with a tenth of the crops left in focus and always JPEG 50–95 (a quarter
+    with daylight noise first): sharp-but-compressed frames, which the student should
+    leave alone rather than sharpen."""
+    return _webcam_chain(image, rng, in_focus_compressed=IN_FOCUS_COMPRESSED_SHARE)
 
 
 def harsh_preset(image: Image, rng: np.random.Generator) -> Image:
@@ -226,7 +248,8 @@ def harsh_preset(image: Image, rng: np.random.Generator) -> Image:
     return out
 
 
-PRESETS: dict[str, Degradation] = {"webcam": webcam_preset, "harsh": harsh_preset, "seed": seed_preset}
+PRESETS: dict[str, Degradation] = {"webcam": webcam_preset, "webcam-compressed": webcam_compressed_preset,
+                                   "harsh": harsh_preset, "seed": seed_preset}
 
 
 def get_preset(name: str) -> Degradation:
