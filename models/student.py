@@ -18,7 +18,9 @@ its head predicts:
   features also get the frame's average (`FrameContext`, as HDRNet's global path and
   blind super-resolution's degradation estimates do): a camera's softness and
   noise are the same all over a frame, and the whole frame estimates them far more
-  steadily than a local window. Such a model runs on whole frames, never on tiles.
+  steadily than a local window; with them comes one number that says whether the frame
+  was JPEG-compressed (`block_edge_contrast`), which blur and compression look alike
+  without. Such a model runs on whole frames, never on tiles.
 Every real-time head starts at zero, so an untrained model is exactly the identity.
 """
 
@@ -37,14 +39,15 @@ STUDENT_PRESETS: dict[str, dict] = {
                    global_residual=True, bands=[]),
     # A 1/4-resolution UNet on the luma and its band energies, gains for two
     # full-resolution luma bands out (box filters 3 and 9, cascaded: σ ≈ 0.8 and 2.7), with
-    # the frame's average features added at its coarsest level. Built for onnxruntime on a
-    # laptop CPU, where the full-resolution band maths and the finer levels cost the most:
-    # a 1×1 stem, one residual block, at 1/16 only, and a 1×1 head; two bands, not three.
-    # 0.55 GFLOP/720p, 0.70× the time of the design before it at the same held-out mix
-    # (MODEL_CARD.md, "Fourth round").
+    # the frame's average features, and its JPEG block-edge contrast, added at its coarsest
+    # level. Built for onnxruntime on a laptop CPU, where the full-resolution band maths and
+    # the finer levels cost the most: a 1×1 stem, one residual block, at 1/16 only, and a
+    # 1×1 head; two bands, not three. 0.55 GFLOP/720p, 0.70× the time of the design before
+    # it at the same held-out mix (MODEL_CARD.md, "Fourth round"); the block-edge contrast
+    # costs 3 % more time and brings JPEG and noise up ("Fifth round").
     "realtime": dict(widths=[12, 24, 48], blocks=[0, 0, 1], unshuffle=4, head_kernel=1,
                      global_residual=True, bands=[3, 9], luma_input=True, band_energy=True,
-                     frame_context=True, stem_kernel=1),
+                     frame_context=True, stem_kernel=1, block_edges=True),
 }
 
 

@@ -128,7 +128,7 @@ RADIUS_CASES = [(preset, {}) for preset in STUDENT_PRESETS] + [
 def test_receptive_radius_is_exact(preset, config):
     """Inputs beyond the radius never reach an output pixel through the local path; inputs
     near it do. (The frame context, where a preset has one, reads everything: next test.)"""
-    overrides = dict(frame_context=False) | (dict(widths=[4, 4, 4]) if preset == "seed" else {}) | config
+    overrides = dict(frame_context=False, block_edges=False) | (dict(widths=[4, 4, 4]) if preset == "seed" else {}) | config
     model = randomised(build_student(preset, **overrides))
     radius, multiple = model.receptive_radius, model.size_multiple
     size = (2 * radius + 2 * multiple) // multiple * multiple + multiple
@@ -142,7 +142,7 @@ def test_receptive_radius_is_exact(preset, config):
 
 
 def test_frame_context_makes_every_pixel_read_the_whole_frame():
-    local = randomised(build_student("realtime", frame_context=False))
+    local = randomised(build_student("realtime", frame_context=False, block_edges=False))
     framed = randomised(build_student("realtime", frame_context=True))
     assert framed.reads_whole_frame and not local.reads_whole_frame
     # A corner patch far outside the opposite corner's reach.

@@ -116,8 +116,9 @@ def test_refuses_and_writes_nothing_below_the_tolerance(tmp_path, quantized):
 
 def test_quantising_the_pixels_too_costs_quality(tmp_path, quantized):
     fp32, _, kept = quantized
+    # No quality budget here: the question is how far from fp32 it lands, not whether it ships.
     _, everything = quantize_student(Options(model=str(fp32), output=str(tmp_path / "all.onnx"),
-                                             keep_fp32="none", **FAST))
+                                             keep_fp32="none", max_cost=100, **FAST))
     assert everything["kept_fp32"] == []
     worst = min(r["psnr_db"] for r in everything["check"])
     assert worst + 3 < min(r["psnr_db"] for r in kept["check"])

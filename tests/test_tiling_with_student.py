@@ -29,7 +29,7 @@ def exported_engine(model, directory) -> Engine:
 # Every preset's local path; the frame context (which no tile can see) is off here.
 @pytest.fixture(scope="module", params=["realtime", "pixels"])
 def student_engine(request, tmp_path_factory):
-    return exported_engine(randomised(build_student(request.param, frame_context=False)),
+    return exported_engine(randomised(build_student(request.param, frame_context=False, block_edges=False)),
                            tmp_path_factory.mktemp("student"))
 
 
