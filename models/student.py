@@ -150,12 +150,14 @@ def block_edge_contrast(luma, eps=1e-3):
     their middles, per frame: log(mean |row 8 − row 7|, |row 16 − row 15|, … /
     mean |row 4 − row 3|, |row 12 − row 11|, …). N×1×1×1.
 
-    About 0 for any natural frame, sharp, blurred, noisy or rescaled; 0.1–0.9 for a frame
+    About 0 for any natural frame, sharp, blurred, noisy or rescaled; 0.1–0.8 for a frame
     that went through JPEG at quality 75 or lower, whose 8×8 blocks are quantised apart.
     Compression takes fine detail away much as blur does, but sharpening it back only
     amplifies the quantisation error, so a student needs this to tell the two apart.
-    Whole rows, half of the frame's, read once: one direction is enough, since JPEG's
-    blocks have both edges, and a row is contiguous where a column is not."""
+    The grid is where a decoded camera frame has it, from row 0; `eps` keeps a frame
+    with no steps at all (a flat one) at 0. Whole rows, half of the frame's, read once:
+    one direction is enough, since JPEG's blocks have both edges, and a row is
+    contiguous where a column is not."""
     edge = (luma[..., 8::8, :] - luma[..., 7:-1:8, :]).abs().mean(dim=(2, 3), keepdim=True)
     mid = (luma[..., 4::8, :] - luma[..., 3:-1:8, :]).abs().mean(dim=(2, 3), keepdim=True)
     return torch.log((edge + eps) / (mid + eps))
