@@ -124,6 +124,52 @@ def test_quantising_the_pixels_too_costs_quality(tmp_path, quantized):
     assert worst + 3 < min(r["psnr_db"] for r in kept["check"])
 
 
+def test_the_frame_context_and_what_feeds_the_head_stay_fp32(quantized):
+    _, out, settings = quantized
+    kept = set(settings["kept_fp32"])
+    # The context's convolutions read the whole frame's 1×1 average; the last
+    # up-sampling reaches the head through the skip's Add and a ReLU only.
+    assert {"/context/conv1/Conv", "/context/conv2/Conv", "/decoders.1/up/ConvTranspose"} <= kept
+    model = onnx.load(out)
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name in kept and node.op_type in ("Conv", "ConvTranspose"):
+            # Input and weight (the untrained fixture's zero biases are one shared initializer).
+            assert all(producer.get(i) != "DequantizeLinear" for i in node.input[:2]), node.name
+    # The encoder's convolutions (the bulk of the arithmetic) are quantised.
+    quantized_convs = [n.name for n in model.graph.node if n.op_type == "Conv"
+                       and producer.get(n.input[1]) == "DequantizeLinear"]
+    assert "/encoders.1/encoders.1.0/Conv" in quantized_convs
+
+
+def test_relus_after_convolutions_fold_into_their_rounding(tmp_path, monkeypatch):
+    """Rounded on its whole range, a convolution's output spends most of its 256 levels on
+    negative values that the ReLU after it discards; folded, the ReLU's [0, max] gets them all."""
+    from sharpcam import DEFAULT_MODEL
+    from training import quantize
+
+    def worst_psnr(name):
+        _, settings = quantize_student(Options(model=str(DEFAULT_MODEL), output=str(tmp_path / name),
+                                               max_cost=100, min_psnr=0, **FAST))
+        return np.array([r["psnr_db"] for r in settings["check"]]), onnx.load(tmp_path / name)
+
+    folded, model = worst_psnr("folded.onnx")
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def reads_a_convolution(relu):  # Relu <- DequantizeLinear <- QuantizeLinear <- Conv
+        node = relu
+        for op in ("DequantizeLinear", "QuantizeLinear"):
+            node = producer.get(node.input[0])
+            if node is None or node.op_type != op:
+                return False
+        return producer.get(node.input[0]) is not None and producer[node.input[0]].op_type == "Conv"
+    assert not [n.name for n in model.graph.node if n.op_type == "Relu" and reads_a_convolution(n)]
+    monkeypatch.setattr(quantize, "QUANTIZED_OP_TYPES", ["Conv", "ConvTranspose"])
+    unfolded, _ = worst_psnr("unfolded.onnx")
+    # Measured on the bundled student: 1-2 dB closer to fp32 on every check photo.
+    assert (folded > unfolded).all() and (folded - unfolded).mean() > 1
+
+
 def test_command_line_refusal_is_one_line(tmp_path, quantized, capsys):
     fp32, _, _ = quantized
     out = tmp_path / "x.onnx"

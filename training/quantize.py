@@ -1,18 +1,21 @@
 """`python -m training.quantize student.onnx [-o student.int8.onnx]`: static INT8 for CPUs.
 
-onnxruntime's static quantisation in QDQ form: int8 weights per output channel (7-bit,
-`reduce_range`, so CPUs without VNNI cannot saturate their 16-bit dot products),
-uint8 activations whose ranges come from calibration on real photo crops that the
-student never trained on — scikit-image's held-out photos by default, or the held-out
-split (same name hash as training) of `--calibration DIR`.
+onnxruntime's static quantisation in QDQ form: int8 weights per output channel (8-bit;
+`--reduce-range` makes them 7-bit, which onnxruntime suggests for CPUs without VNNI, whose
+16-bit dot products can saturate), uint8 activations whose ranges come from calibration on
+real photo crops that the student never trained on — scikit-image's held-out photos by
+default, or the held-out split (same name hash as training) of `--calibration DIR`.
 
-Only convolutions are quantised, where the arithmetic is; the full-resolution band maths
-(luma, box filters, gain up-sampling, the sums) is memory-bound, gains nothing from INT8
-and must stay exact. Pixels stay fp32 too: every node whose output has the image's own
-channel count (the final residual add, DepthToSpace back to RGB, ...), the stem (the
-convolutions that read the frame or its luma, which the band maths share) and the head
-(the last convolution, predicting pixels or per-pixel gains) are excluded, so 8-bit
-rounding never lands on the picture itself.
+Only convolutions are quantised, where the arithmetic is (and the ReLUs after them, which
+onnxruntime then folds into the convolution's output range); the full-resolution band
+maths (luma, box filters, gain up-sampling, the sums) is memory-bound, gains nothing from
+INT8 and must stay exact. Pixels stay fp32 too: every node whose output has the image's
+own channel count (the final residual add, DepthToSpace back to RGB, ...), the stem (the
+convolutions that read the frame or its luma, which the band maths share), the head
+(the last convolution, predicting pixels or per-pixel gains), the convolutions whose
+output reaches the head with no convolution between, and those of the frame context
+(a 1×1 map of the whole frame's average) are excluded, so 8-bit rounding never lands on
+the picture, or on what predicts it, directly.
 `--keep-fp32 none` quantises those and every other op too; `--exclude` keeps more nodes
 (names or op types).
 
@@ -58,6 +61,11 @@ HELD_OUT_PRESETS = evaluate.PRESETS
 # levels. Measured: bundled student 80 dB (58 dB if the pixel nodes are quantised too);
 # a student with a strong random residual (RMS 0.04) 60 dB; a fully random one 45 dB.
 MIN_PSNR_DB = 40.0
+# 8-bit weights by default. Measured on this project's AVX2 CPU without VNNI, where
+# saturation would show: INT8 against fp32 output 65-91 dB on whole held-out photos with
+# 8-bit weights, and on the held-out table the same student lost 0.40 dB on clean frames
+# with 7-bit weights, 0.10 with 8-bit (MODEL_CARD.md, "Speed").
+REDUCE_RANGE = False
 
 
 class QuantizeError(RuntimeError):
@@ -83,6 +91,8 @@ class Options:
                                      "the stem and the head stay fp32; none: quantise them too",
                             choices=["image", "none"])
     exclude: list[str] = option([], "more nodes to keep fp32, by node name or op type", nargs="*")
+    reduce_range: bool = option(REDUCE_RANGE, "7-bit weights instead of 8 (no 16-bit saturation on "
+                                              "CPUs without VNNI, twice the weight rounding)")
     min_psnr: float = option(MIN_PSNR_DB, "refuse below this PSNR (dB) of INT8 vs fp32 on any check photo")
     max_cost: float = option(MAX_COST_DB, "refuse if INT8 loses more held-out PSNR (dB) than this on any preset")
     presets: list[str] = option(list(HELD_OUT_PRESETS), "held-out degradation presets of the quality check")
@@ -145,18 +155,38 @@ def crop_reader(batches: list[np.ndarray]):
 
 # --- which nodes stay fp32 -----------------------------------------------------------
 
-QUANTIZED_OP_TYPES = ["Conv", "ConvTranspose"]
+# Relu is there so that onnxruntime removes a ReLU that follows a quantised convolution and
+# rounds the convolution's output on the ReLU's range [0, max]. Without it the output is
+# rounded on its whole calibrated range, mostly negative values the ReLU then discards:
+# the bundled student's residual block wrote [-173, 13], 0.73 per step, 18 levels for all
+# that passes the ReLU, and INT8 lost 0.57 dB on the σ 0.5 protocol (0.06 with it).
+QUANTIZED_OP_TYPES = ["Conv", "ConvTranspose", "Relu"]
+CONVOLUTIONS = ("Conv", "ConvTranspose")
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[Optional[int], ...]]:
+    """N, C, H, W of every 4-D tensor, as far as ONNX shape inference can tell (None: dynamic)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 4:
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    return shapes
 
 
 def channel_counts(model: onnx.ModelProto) -> dict[str, Optional[int]]:
     """Channel dimension (axis 1) of every 4-D tensor that ONNX shape inference can tell."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    counts = {}
-    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        if len(dims) == 4:
-            counts[value.name] = dims[1].dim_value if dims[1].HasField("dim_value") else None
-    return counts
+    return {name: shape[1] for name, shape in tensor_shapes(model).items()}
+
+
+def frame_summary_convolutions(model: onnx.ModelProto) -> list[str]:
+    """Convolutions of a 1×1 map, whatever the frame's size: the frame context, which
+    reads the whole frame's average. They cost nothing, and what they decide moves every
+    pixel's gain: rounded, they cost the bundled student 1.3 dB on clean frames."""
+    shapes = tensor_shapes(model)
+    return [n.name for n in model.graph.node
+            if n.op_type in CONVOLUTIONS and shapes.get(n.input[0], (None,) * 4)[2:] == (1, 1)]
 
 
 def stem_convolutions(model: onnx.ModelProto) -> list[str]:
@@ -166,26 +196,49 @@ def stem_convolutions(model: onnx.ModelProto) -> list[str]:
     after_conv, stems = set(), []
     for node in model.graph.node:  # ONNX lists nodes in topological order
         downstream = any(i in after_conv for i in node.input)
-        if node.op_type in QUANTIZED_OP_TYPES and not downstream:
+        if node.op_type in CONVOLUTIONS and not downstream:
             stems.append(node.name)
-        if downstream or node.op_type in QUANTIZED_OP_TYPES:
+        if downstream or node.op_type in CONVOLUTIONS:
             after_conv.update(node.output)
     return stems
 
 
+def head_inputs(model: onnx.ModelProto, head: onnx.NodeProto) -> list[str]:
+    """The convolutions whose output reaches `head` through other ops only (the last
+    decoder's up-sampling, through the skip's Add and a ReLU). Calibrated on its whole
+    range, such an output is rounded in steps set by values that the ReLU before the head
+    discards: the bundled student's last up-sampling wrote [-48, 2.8] beside a skip of
+    [0, 2.7], and rounding it cost 0.3 dB on clean frames."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found, seen = [], set()
+    pending = [head.input[0]]
+    while pending:
+        node = producer.get(pending.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in CONVOLUTIONS:
+            found.append(node.name)
+        else:
+            pending.extend(node.input)
+    return found
+
+
 def pixel_nodes(model: onnx.ModelProto) -> list[str]:
     """Nodes whose every output is a 4-D tensor with the input image's channel count, the
-    stem convolutions, and the last convolution (the head), whatever its channel count: it
+    stem convolutions, the last convolution (the head), whatever its channel count: it
     predicts the pixels or the per-pixel gains themselves (two gain maps for a two-band
-    student)."""
+    student), the convolutions that feed the head directly, and those of a 1×1 frame summary."""
     counts = channel_counts(model)
     channels = counts.get(model.graph.input[0].name) or 3
     chosen = [n.name for n in model.graph.node
               if n.output and all(counts.get(o) == channels for o in n.output)]
-    convolutions = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES]
+    convolutions = [n for n in model.graph.node if n.op_type in CONVOLUTIONS]
     # ONNX lists nodes in topological order: the last convolution is the head.
     # (nodes_to_exclude drops repeats, e.g. a head with the image's channel count.)
-    return chosen + stem_convolutions(model) + convolutions[-1:]
+    head = convolutions[-1:]
+    feeders = head_inputs(model, head[0]) if head else []
+    return chosen + stem_convolutions(model) + [n.name for n in head] + feeders + frame_summary_convolutions(model)
 
 
 def nodes_to_exclude(model: onnx.ModelProto, keep_fp32: str, exclude: list[str]) -> list[str]:
@@ -221,13 +274,14 @@ def preprocess(model: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
 
 
 def quantize(model: onnx.ModelProto, crops: list[np.ndarray], exclude: list[str],
-             workdir: Path, op_types: Optional[list[str]] = QUANTIZED_OP_TYPES) -> onnx.ModelProto:
+             workdir: Path, op_types: Optional[list[str]] = QUANTIZED_OP_TYPES,
+             reduce_range: bool = REDUCE_RANGE) -> onnx.ModelProto:
     """QDQ INT8 of the `op_types` nodes (None: every op onnxruntime can quantise)."""
     src, dst = workdir / "to_quantize.onnx", workdir / "int8.onnx"
     onnx.save(model, src)
     quantize_static(
         str(src), str(dst), crop_reader(crops), quant_format=QuantFormat.QDQ,
-        per_channel=True, reduce_range=True,
+        per_channel=True, reduce_range=reduce_range,
         # uint8 activations × int8 weights is the pair onnxruntime's CPU kernels fuse into
         # QLinearConv; int8 activations leave most convs as DequantizeLinear + fp32 Conv.
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -312,11 +366,11 @@ def quantize_student(opts: Options) -> tuple[Path, dict]:
         prepared = preprocess(fp32, Path(tmp))
         exclude = nodes_to_exclude(prepared, opts.keep_fp32, opts.exclude)
         int8 = quantize(prepared, crops, exclude, Path(tmp),
-                        QUANTIZED_OP_TYPES if opts.keep_fp32 == "image" else None)
+                        QUANTIZED_OP_TYPES if opts.keep_fp32 == "image" else None, opts.reduce_range)
         check_contract(int8)
         settings = dict(calibration=opts.calibration or "scikit-image held-out photos",
                         calibration_files=[f.name for f in files], crops=len(crops), crop=opts.crop,
-                        method="MinMax", per_channel=True, reduce_range=True, activations="uint8",
+                        method="MinMax", per_channel=True, reduce_range=opts.reduce_range, activations="uint8",
                         weights="int8", kept_fp32=exclude)
         int8 = with_metadata(int8, fp32, {"sharpcam.precision": "int8",
                                           SOURCE_HASH_KEY: file_sha256(opts.model)})
