@@ -396,3 +396,28 @@ def test_relative_mse_needs_a_positive_floor(image_dir, tmp_path):
     with pytest.raises(SystemExit, match="--mse-floor 0.0 must be above 0"):
         distill.main(["--data", str(image_dir), "--out", str(tmp_path / "o"), "--crop", "64", "--beta", "0",
                       "--device", "cpu", "--max-steps", "1", "--mse", "0.1", "--mse-floor", "0"])
+
+
+def test_int8_aware_fine_tuning_trains_through_the_rounding_and_resumes_exactly(image_dir, tmp_path):
+    common = ["--data", str(image_dir), "--crop", "64", "--batch-size", "2", "--crops-per-image", "4",
+              "--device", "cpu", "--log-every", "1", "--beta", "0", "--init", "shipped", "--lr", "1e-3",
+              "--ckpt-every", "100"]
+    plain, straight, resumed = tmp_path / "plain", tmp_path / "straight", tmp_path / "resumed"
+    distill.main([*common, "--out", str(plain), "--max-steps", "4"])
+    distill.main([*common, "--out", str(straight), "--max-steps", "4", "--int8-aware"])
+    # The same weights, crops and order: only the simulated rounding changes the loss.
+    first_plain, first_aware = train_records(plain)[0], train_records(straight)[0]
+    assert first_aware["loss"] != first_plain["loss"]
+    assert abs(first_aware["loss"] - first_plain["loss"]) < 0.1 * first_plain["loss"]
+    # The ranges are calibrated on the weights the run starts from, also when it resumes.
+    distill.main([*common, "--out", str(resumed), "--max-steps", "2", "--int8-aware"])
+    distill.main([*common, "--out", str(resumed), "--max-steps", "4", "--int8-aware", "--resume"])
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(resumed / "last.pt")
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-5, atol=1e-6)
+    # What it writes is the fp32 student, as always: no rounding in the exported graph.
+    import onnx
+    model = onnx.load(straight / "student.onnx")
+    assert not [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["sharpcam.training"])["int8_aware"] is True

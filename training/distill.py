@@ -9,7 +9,9 @@ on paired folders (``--paired BLUR SHARP``), or on frames without ground truth
 The teacher runs on every batch on a GPU; on a CPU ``--teacher-cache DIR`` labels a
 fixed pool of crops once and reuses it, and ``--pool N`` (ground truth alone) degrades N
 crops once, so the loop is compute-bound. The recipe that made the shipped student
-(warm-up + cosine schedule, clipping) is in MODEL_CARD.md. Validation PSNR/SSIM on
+(warm-up + cosine schedule, clipping) is in MODEL_CARD.md. ``--int8-aware`` fine-tunes
+through a simulation of ``training.quantize``'s INT8 rounding, so the INT8 model that
+is made from the result loses less to it. Validation PSNR/SSIM on
 held-out files each epoch (or ``--eval-every``). Resumable (``--resume``), DDP under ``torchrun``. Writes OUT/student.pt,
 OUT/student.onnx (parity checked), OUT/metrics.json, OUT/log.jsonl, OUT/loss.png.
 """
@@ -31,10 +33,13 @@ from training import data as datasets
 from training import distributed, loop, teacher_cache
 from training.errors import UsageError
 from training.export import ExportError, export_student
+from training.int8_simulation import Int8Simulation
 from training.options import option
 from training.schedule import warmup_cosine
 
 DEFAULT_TEACHER = Path("checkpoints/motion_deblurring.pth")
+# Crops whose activations set --int8-aware's ranges (training.quantize calibrates on 64).
+INT8_CALIBRATION_CROPS = 64
 TEACHER_HELP = (
     "get the released Restormer motion-deblurring weights from the Restormer GitHub releases "
     "(swz30/Restormer, Motion_Deblurring/pretrained_models/motion_deblurring.pth) and save them "
@@ -75,6 +80,9 @@ class Options(loop.LoopOptions):
     cache_pool: int = option(256, "number of crops the teacher labels for the cache")
     eval_every: int = option(0, "validate every N steps (0: once per epoch, and at the end)")
     ckpt_every: int = option(200, "write OUT/last.pt every N steps")
+    int8_aware: bool = option(False, "train through a simulation of training.quantize's INT8 rounding "
+                                     "(ranges calibrated on the first training crops), so the INT8 "
+                                     "model loses less; for fine-tuning with --init")
 
 
 def load_teacher(path: Optional[str], device: torch.device) -> tuple[torch.nn.Module, Path]:
@@ -180,6 +188,13 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
             print(f"degrading a pool of {opts.pool} crops once", file=sys.stderr)
         train_set = datasets.CropPool.build(train_set, opts.pool, seed=opts.seed)
     workers = 0 if cached else opts.workers if opts.workers is not None else datasets.default_workers(device)
+    simulation = None
+    if opts.int8_aware:
+        # Calibrated with the weights the run starts from (also when it resumes), so the
+        # ranges, like onnxruntime's, are fixed for the whole run.
+        simulation = Int8Simulation(student)
+        crops = [train_set[i][0] for i in range(min(len(train_set), INT8_CALIBRATION_CROPS))]
+        simulation.calibrate(torch.stack(crops).to(device).split(opts.batch_size))
     stage = loop.Stage(first_step=0, end_step=0, dataset=train_set, batch_size=opts.batch_size, seed=opts.seed,
                        workers=workers)
     steps_per_epoch = stage.steps_per_epoch(runtime.world)
@@ -204,7 +219,8 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
                 degradation=opts.degradation, options=asdict(opts))
     outcome = loop.train(opts, runtime, command="distill", weights_name="student.pt", model=student,
                          model_name="student", optimizer=optimizer, scheduler=scheduler, stages=[stage],
-                         objective=objective, validation=validation, bf16=bf16, meta=meta)
+                         objective=objective, validation=validation, bf16=bf16, meta=meta,
+                         forward_model=simulation)
 
     # --- export -----------------------------------------------------------------------
     result = {}
@@ -216,7 +232,8 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         final = outcome.final
         onnx_meta = dict(command="distill", step=outcome.steps, init=opts.init, teacher=teacher_name,
                          data=source.kind, degradation=opts.degradation, alpha=alpha, beta=beta,
-                         val_psnr=final["psnr"] if final else None, val_ssim=final["ssim"] if final else None)
+                         val_psnr=final["psnr"] if final else None, val_ssim=final["ssim"] if final else None,
+                         int8_aware=opts.int8_aware)
         try:
             onnx_diff = export_student(student.cpu(), out / "student.onnx", meta=onnx_meta, check_image=check)
         except ExportError as e:

@@ -252,14 +252,17 @@ def stage_loader(stage: Stage, step: int, runtime: distributed.Runtime,
 def train(opts: LoopOptions, runtime: distributed.Runtime, *, command: str, weights_name: str,
           model: torch.nn.Module, model_name: str, optimizer: torch.optim.Optimizer, scheduler,
           stages: list[Stage], objective: Objective, validation: Optional[Validation], bf16: bool,
-          meta: dict) -> Outcome:
+          meta: dict, forward_model: Optional[torch.nn.Module] = None) -> Outcome:
+    """Trains `model` (what is validated and saved); the loss goes through `forward_model`
+    when one is given (a wrapper that shares `model`'s weights, e.g. an Int8Simulation)."""
     device, main_process, out = runtime.device, runtime.is_main, Path(opts.out)
     total_steps = stages[-1].end_step
     step = (runlog.resume(out / "last.pt", model, optimizer, scheduler, what=model_name,
                           verbose=main_process) if opts.resume else 0)
     log = runlog.JsonLog(out / "log.jsonl", resume_step=step) if main_process else None
 
-    network = torch.compile(model) if opts.compile else model
+    network = forward_model if forward_model is not None else model
+    network = torch.compile(network) if opts.compile else network
     if runtime.distributed:
         network = torch.nn.parallel.DistributedDataParallel(
             network, device_ids=[runtime.local_rank] if device.type == "cuda" else None)
