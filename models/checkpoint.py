@@ -134,6 +134,11 @@ def student_weights_from_onnx(path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path} is not a SharpCam student (no sharpcam.arch/sharpcam.config "
                               "metadata); export one with `python -m training.export`")
     state_dict = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer}
+    # The exporter stores equal tensors once (an untrained student's zero biases) and names
+    # the other copies through Identity nodes.
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in state_dict and node.output[0] not in state_dict:
+            state_dict[node.output[0]] = state_dict[node.input[0]].clone()
     return state_dict, json.loads(meta["sharpcam.config"])
 
 

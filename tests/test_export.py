@@ -115,3 +115,16 @@ def test_command_line_names_a_bad_checkpoint_in_one_line(tmp_path, monkeypatch):
     message = str(stop.value.code)
     assert "\n" not in message and "not a PyTorch checkpoint" in message
     assert not (tmp_path / "student.onnx").exists()
+
+
+def test_an_exported_student_reads_back_even_with_equal_tensors(tmp_path):
+    """An untrained student's zero biases are equal tensors, which the exporter stores once
+    and names again through Identity nodes; reading the file back must find them all."""
+    from models import load_student
+    model = build_student("realtime").eval()
+    path = tmp_path / "untrained.onnx"
+    export_student(model, path)
+    assert any(n.op_type == "Identity" and n.output[0].endswith(".bias") for n in onnx.load(path).graph.node)
+    loaded = load_student(path)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
