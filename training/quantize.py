@@ -62,7 +62,7 @@ HELD_OUT_PRESETS = evaluate.PRESETS
 # a strong random residual (RMS 0.04) 60 dB; a fully random one 45 dB.
 MIN_PSNR_DB = 40.0
 # 8-bit weights by default. Measured on this project's AVX2 CPU without VNNI, where
-# saturation would show: INT8 against fp32 output 65-91 dB on whole held-out photos with
+# saturation would show: INT8 against fp32 output 60-91 dB on whole held-out photos with
 # 8-bit weights, and on the held-out table the same student lost 0.40 dB on clean frames
 # with 7-bit weights, 0.10 with 8-bit (MODEL_CARD.md, "Speed").
 REDUCE_RANGE = False
