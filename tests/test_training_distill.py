@@ -398,7 +398,8 @@ def test_relative_mse_needs_a_positive_floor(image_dir, tmp_path):
                       "--device", "cpu", "--max-steps", "1", "--mse", "0.1", "--mse-floor", "0"])
 
 
-def test_int8_aware_fine_tuning_trains_through_the_rounding_and_resumes_exactly(image_dir, tmp_path):
+def test_int8_aware_fine_tuning_trains_through_the_rounding_and_resumes_exactly(image_dir, tmp_path, capsys,
+                                                                                 monkeypatch):
     common = ["--data", str(image_dir), "--crop", "64", "--batch-size", "2", "--crops-per-image", "4",
               "--device", "cpu", "--log-every", "1", "--beta", "0", "--init", "shipped", "--lr", "1e-3",
               "--ckpt-every", "100"]
@@ -421,3 +422,13 @@ def test_int8_aware_fine_tuning_trains_through_the_rounding_and_resumes_exactly(
     assert not [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["sharpcam.training"])["int8_aware"] is True
+    # bf16's own rounding would drown the simulated one: the run says so and stays fp32.
+    from training import loop
+    asked = []
+    real_train = loop.train
+    monkeypatch.setattr(loop, "train", lambda *a, **kw: asked.append(kw["bf16"]) or real_train(*a, **kw))
+    capsys.readouterr()
+    distill.main([*common, "--out", str(tmp_path / "bf16"), "--max-steps", "1", "--int8-aware", "--bf16"])
+    distill.main([*common, "--out", str(tmp_path / "bf16-plain"), "--max-steps", "1", "--bf16"])
+    assert asked == [False, True]
+    assert capsys.readouterr().err.count("--int8-aware trains in fp32 (bf16 off)") == 1

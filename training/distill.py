@@ -158,6 +158,12 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         raise UsageError(f"--mse-floor {opts.mse_floor} must be above 0 (a crop with nothing to fix "
                          "would get an infinite weight); the default is 0.005")
     out, bf16 = loop.start(opts, runtime)
+    if opts.int8_aware and bf16:
+        # bf16 keeps 8 bits of mantissa: its own rounding is as coarse as the INT8 rounding
+        # the run simulates, and would drown it.
+        if runtime.is_main:
+            print("distill: --int8-aware trains in fp32 (bf16 off)", file=sys.stderr)
+        bf16 = False
     device = runtime.device
     if opts.crop % 32:
         raise UsageError(f"--crop {opts.crop} must be a multiple of 32 (the student's size multiple)")
