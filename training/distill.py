@@ -80,9 +80,9 @@ class Options(loop.LoopOptions):
     cache_pool: int = option(256, "number of crops the teacher labels for the cache")
     eval_every: int = option(0, "validate every N steps (0: once per epoch, and at the end)")
     ckpt_every: int = option(200, "write OUT/last.pt every N steps")
-    int8_aware: bool = option(False, "train through a simulation of training.quantize's INT8 rounding "
-                                     "(ranges calibrated on the first training crops), so the INT8 "
-                                     "model loses less; for fine-tuning with --init")
+    int8_aware: bool = option(False, "train (in fp32) through a simulation of training.quantize's INT8 "
+                                     "rounding (ranges calibrated on the first training crops), so the "
+                                     "INT8 model loses less; for fine-tuning with --init")
 
 
 def load_teacher(path: Optional[str], device: torch.device) -> tuple[torch.nn.Module, Path]:
