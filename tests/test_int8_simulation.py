@@ -11,7 +11,6 @@ import torch
 from models import load_student
 from sharpcam import DEFAULT_MODEL
 from training import data as datasets
-from training.export import export_student
 from training.int8_simulation import Int8Simulation, fake_quantize_weight
 from training.quantize import Options, calibration_files, quantize_student, random_crops
 from test_quantize import FAST, photograph

@@ -148,12 +148,12 @@ def test_relus_after_convolutions_fold_into_their_rounding(tmp_path, monkeypatch
     from sharpcam import DEFAULT_MODEL
     from training import quantize
 
-    def worst_psnr(name):
+    def check_psnr_and_model(name):
         _, settings = quantize_student(Options(model=str(DEFAULT_MODEL), output=str(tmp_path / name),
                                                max_cost=100, min_psnr=0, **FAST))
         return np.array([r["psnr_db"] for r in settings["check"]]), onnx.load(tmp_path / name)
 
-    folded, model = worst_psnr("folded.onnx")
+    folded, model = check_psnr_and_model("folded.onnx")
     producer = {o: n for n in model.graph.node for o in n.output}
 
     def reads_a_convolution(relu):  # Relu <- DequantizeLinear <- QuantizeLinear <- Conv
@@ -165,7 +165,7 @@ def test_relus_after_convolutions_fold_into_their_rounding(tmp_path, monkeypatch
         return producer.get(node.input[0]) is not None and producer[node.input[0]].op_type == "Conv"
     assert not [n.name for n in model.graph.node if n.op_type == "Relu" and reads_a_convolution(n)]
     monkeypatch.setattr(quantize, "QUANTIZED_OP_TYPES", ["Conv", "ConvTranspose"])
-    unfolded, _ = worst_psnr("unfolded.onnx")
+    unfolded, _ = check_psnr_and_model("unfolded.onnx")
     # Measured on the bundled student: 1-2 dB closer to fp32 on every check photo.
     assert (folded > unfolded).all() and (folded - unfolded).mean() > 1
 

@@ -2,7 +2,7 @@
 
 `training.quantize` rounds a student the way onnxruntime's QDQ quantiser does: the
 convolutions between the stem and the head get int8 weights per output channel on
-129 levels (−64…64, `reduce_range`), and every tensor such a convolution reads or writes
+255 levels (−127…127; 129 with `reduce_range`), and every tensor such a convolution reads or writes
 is rounded to uint8, one calibrated range per tensor, for all its readers (a ReLU right
 after a convolution is folded into the rounding of its output). A student trained in
 floating point never saw that rounding, and its gains, which follow a frame-wide

@@ -175,16 +175,11 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[Optional[int], ...]
     return shapes
 
 
-def channel_counts(model: onnx.ModelProto) -> dict[str, Optional[int]]:
-    """Channel dimension (axis 1) of every 4-D tensor that ONNX shape inference can tell."""
-    return {name: shape[1] for name, shape in tensor_shapes(model).items()}
-
-
-def frame_summary_convolutions(model: onnx.ModelProto) -> list[str]:
-    """Convolutions of a 1×1 map, whatever the frame's size: the frame context, which
-    reads the whole frame's average. They cost nothing, and what they decide moves every
-    pixel's gain: rounded, they cost the bundled student 1.3 dB on clean frames."""
-    shapes = tensor_shapes(model)
+def frame_summary_convolutions(model: onnx.ModelProto, shapes: dict) -> list[str]:
+    """Convolutions of a 1×1 map (`shapes` from `tensor_shapes`), whatever the frame's
+    size: the frame context, which reads the whole frame's average. They cost nothing, and
+    what they decide moves every pixel's gain: rounded, they cost the bundled student
+    1.3 dB on clean frames."""
     return [n.name for n in model.graph.node
             if n.op_type in CONVOLUTIONS and shapes.get(n.input[0], (None,) * 4)[2:] == (1, 1)]
 
@@ -229,16 +224,18 @@ def pixel_nodes(model: onnx.ModelProto) -> list[str]:
     stem convolutions, the last convolution (the head), whatever its channel count: it
     predicts the pixels or the per-pixel gains themselves (two gain maps for a two-band
     student), the convolutions that feed the head directly, and those of a 1×1 frame summary."""
-    counts = channel_counts(model)
-    channels = counts.get(model.graph.input[0].name) or 3
+    shapes = tensor_shapes(model)
+    channels = shapes.get(model.graph.input[0].name, (None, 3))[1] or 3
     chosen = [n.name for n in model.graph.node
-              if n.output and all(counts.get(o) == channels for o in n.output)]
+              if n.output and all(shapes.get(o, (None, None))[1] == channels for o in n.output)]
+    chosen += stem_convolutions(model)
     convolutions = [n for n in model.graph.node if n.op_type in CONVOLUTIONS]
-    # ONNX lists nodes in topological order: the last convolution is the head.
-    # (nodes_to_exclude drops repeats, e.g. a head with the image's channel count.)
-    head = convolutions[-1:]
-    feeders = head_inputs(model, head[0]) if head else []
-    return chosen + stem_convolutions(model) + [n.name for n in head] + feeders + frame_summary_convolutions(model)
+    if convolutions:
+        # ONNX lists nodes in topological order: the last convolution is the head.
+        # (nodes_to_exclude drops repeats, e.g. a head with the image's channel count.)
+        head = convolutions[-1]
+        chosen += [head.name, *head_inputs(model, head)]
+    return chosen + frame_summary_convolutions(model, shapes)
 
 
 def nodes_to_exclude(model: onnx.ModelProto, keep_fp32: str, exclude: list[str]) -> list[str]:
