@@ -54,7 +54,7 @@ def apply_key(state: ControlState, key: str) -> ControlState:
 class Controls:
     """Thread-safe holder of the current ControlState plus a quit flag.
 
-    ``press`` may be called from any thread; ``next_frame`` (pipeline thread
+    ``press`` may be called from any thread; ``next_frame`` (the sharpening thread
     only) applies the keys pressed since the previous frame and returns the
     state to use for this one.
     """

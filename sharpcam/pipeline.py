@@ -2,16 +2,24 @@
 source → sharpener → sinks, and reports what it does.  Input sinks (``--save-frames``)
 get each source frame as it came, before sharpening.
 
-Live mode: a capture thread keeps only the newest frame in a one-slot
-buffer; the processing loop takes whatever is newest, so when processing is
-slower than the camera, frames are dropped rather than delayed and latency
-stays bounded.  If the camera is lost, the sinks keep receiving the last
-frame with a "camera lost" note while the capture thread reconnects with
-back-off.  File mode: every frame, as fast as possible, in one thread.
+Live mode runs three stages, each on its own thread:
+
+- capture keeps only the newest frame in a one-slot buffer;
+- sharpening takes whatever is newest, so when it is slower than the camera,
+  frames are dropped rather than delayed and latency stays bounded;
+- sending, on the thread that called ``run_live`` (a preview window must be
+  drawn by the thread that made it), passes each result to the sinks while the
+  next frame is already being sharpened, through a one-result hand-off: a
+  frame's time is the slower of model and sinks, not their sum.
+
+If the camera is lost, the sinks keep receiving the last frame with a "camera
+lost" note while the capture thread reconnects with back-off.  File mode:
+every frame, as fast as possible, in one thread.
 """
 from __future__ import annotations
 
 import collections
+import queue
 import sys
 import threading
 import time
@@ -233,10 +241,12 @@ class Pipeline:
         self._cpu_start = 0.0
         self._model_ms_total = 0.0
         self._model_runs = 0
+        self._sharpening_ended = threading.Event()
         self.capture_error: Optional[BaseException] = None
+        self.processing_error: Optional[BaseException] = None
 
     # -- shared per-frame work -------------------------------------------------
-    def _process_and_send(self, frame: np.ndarray) -> np.ndarray:
+    def _process(self, frame: np.ndarray) -> np.ndarray:
         for sink in self.input_sinks:
             sink.send(frame)
         if frame.shape[:2] != self._size:
@@ -248,11 +258,13 @@ class Pipeline:
         if self.sharpener.model_ms:
             self._model_ms_total += self.sharpener.model_ms
             self._model_runs += 1
+        return out
+
+    def _send(self, out: np.ndarray) -> None:
         for sink in self.sinks:
             sink.send(out)
         self.summary.frames += 1
         self._output_rate.tick()
-        return out
 
     def _start(self) -> float:
         self._cpu_start = time.process_time()
@@ -276,7 +288,7 @@ class Pipeline:
                 frame = self.source.read()
                 if frame is None:
                     break
-                self._process_and_send(frame)
+                self._send(self._process(frame))
                 if progress is not None:
                     progress.update(self.summary.frames, self._output_rate.rate)
         finally:
@@ -355,20 +367,62 @@ class Pipeline:
             text += " | camera lost, reconnecting"
         return text
 
+    def _sharpen_live(self, results: "queue.Queue") -> None:
+        """The sharpening thread: the newest captured frame → the sharpener → ``results``."""
+        seen = processed = 0
+        period = 1.0 / max(1.0, float(self.source.fps))
+        try:
+            # Stops at max_frames itself: a frame sharpened but never sent would still have
+            # reached the input sinks (--save-frames).
+            while not self._stop.is_set() and (self.max_frames is None or processed < self.max_frames):
+                item = self._slot.newer_than(seen, timeout=period)
+                if item is None:
+                    if self._ended.is_set():
+                        break
+                    if self.lost.is_set():
+                        try:  # wake the sending thread: the 'camera lost' note goes out now
+                            results.put_nowait(None)
+                        except queue.Full:
+                            pass
+                    continue
+                seq, frame, captured_at = item
+                self.summary.dropped += seq - seen - 1
+                seen = seq
+                out = self._process(frame)
+                processed += 1
+                # One result waits while the sinks send the one before: the model never
+                # gets more than a frame ahead of what the sinks have sent.
+                while not self._stop.is_set():
+                    try:
+                        results.put((out, captured_at), timeout=period)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # surfaced by run_live in the main thread
+            self.processing_error = exc
+        finally:
+            self._sharpening_ended.set()
+
     def run_live(self) -> Summary:
         start = self._start()
+        results: "queue.Queue" = queue.Queue(maxsize=1)
         capture = threading.Thread(target=self._capture, name="sharpcam-capture", daemon=True)
+        sharpening = threading.Thread(target=self._sharpen_live, args=(results,), name="sharpcam-sharpen",
+                                      daemon=True)
         capture.start()
-        seen = 0
+        sharpening.start()
         latency_total = 0.0
         last_out = None
         lost_frame = None
         period = 1.0 / max(1.0, float(self.source.fps))
         try:
             while not self._done():
-                item = self._slot.newer_than(seen, timeout=period)
-                if item is None:
-                    if self._ended.is_set():
+                try:
+                    result = results.get(timeout=period)
+                except queue.Empty:
+                    result = None
+                if result is None:  # no fresh frame this period (or the camera was just lost)
+                    if self._sharpening_ended.is_set() and results.empty():
                         break
                     if self.lost.is_set() and last_out is not None:
                         # Keep the virtual camera alive: apps drop a camera that stops sending.
@@ -380,17 +434,17 @@ class Pipeline:
                     if self.status is not None:
                         self.status.update(self._status_text(self.controls.state))
                     continue
-                seq, frame, captured_at = item
-                self.summary.dropped += seq - seen - 1
-                seen = seq
+                out, captured_at = result
                 lost_frame = None
-                last_out = self._process_and_send(frame)
+                self._send(out)
+                last_out = out
                 latency_total += time.perf_counter() - captured_at
                 if self.status is not None:
                     self.status.update(self._status_text(self.controls.state))
         finally:
             self._stop.set()
             self._slot.wake()
+            sharpening.join(timeout=5.0)
             capture.join(timeout=5.0)
             if self.status is not None:
                 self.status.update(self._status_text(self.controls.state), force=True)
@@ -398,8 +452,9 @@ class Pipeline:
             self._finish(start)
             if self.summary.frames:
                 self.summary.latency_ms = latency_total / self.summary.frames * 1000.0
-        if self.capture_error is not None:
-            raise self.capture_error
+        for error in (self.processing_error, self.capture_error):
+            if error is not None:
+                raise error
         return self.summary
 
     def _poll_idle_sinks(self) -> None:

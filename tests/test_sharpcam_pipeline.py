@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -271,10 +272,11 @@ class TexturedSource(CountingSource):
 
 
 class InputRecorder:
-    """Wraps a sharpener and keeps the frames it was given (live mode may drop some)."""
+    """Wraps a sharpener and keeps the frames it was given and the state each was processed
+    with (live mode may drop some frames)."""
 
     def __init__(self, sharpener):
-        self.sharpener, self.inputs = sharpener, []
+        self.sharpener, self.inputs, self.states = sharpener, [], []
 
     @property
     def model_ms(self):
@@ -282,6 +284,7 @@ class InputRecorder:
 
     def process(self, frame, state):
         self.inputs.append(frame.copy())
+        self.states.append(state)
         return self.sharpener.process(frame, state)
 
 
@@ -294,10 +297,12 @@ def engine_on_whole_frame(engine, frame):
 
 def test_live_pipeline_sends_the_models_frame_and_keys_change_it(engine):
     """With the real engine (tiled), each frame sent is the model's own result for that
-    frame; space sends the input untouched, s the split view, - lowers the strength."""
+    frame under the state it was sharpened with; space sends the input untouched, s the
+    split view, - lowers the strength.  The next frame is being sharpened while one is sent,
+    so a key reaches the frame after next at the latest."""
     source = TexturedSource(shape=(96, 128))  # 3x4 tiles of 32 in 56x56 windows
     controls = Controls()
-    keys_after = {1: " ", 2: " s", 3: "s-----"}  # after the Nth frame: off, split, on at 0.5
+    keys_after = {2: " ", 4: " s", 6: "s-----"}  # after the Nth frame: off, split, on at 0.5
 
     def on_frame(frame):
         for key in keys_after.get(len(sink.frames), ""):
@@ -305,20 +310,30 @@ def test_live_pipeline_sends_the_models_frame_and_keys_change_it(engine):
 
     sink = RecordingSink(on_frame)
     sharpener = InputRecorder(Sharpener(engine, tile=32))
-    summary = Pipeline(source, sharpener, controls, [sink], max_frames=4).run_live()
-    assert summary.frames == 4 and summary.model_ms > 0
-    (on, off, split, half), inputs = sink.frames, sharpener.inputs
-    model = [engine_on_whole_frame(engine, frame) for frame in inputs]
+    summary = Pipeline(source, sharpener, controls, [sink], max_frames=8).run_live()
+    assert summary.frames == 8 and summary.model_ms > 0
+    sent, inputs, states = sink.frames, sharpener.inputs[:8], sharpener.states[:8]
+    for key_frame in keys_after:  # each press took effect by the frame after next
+        assert states[key_frame + 1] != states[key_frame - 1]
+    seen = {(state.mode, state.strength) for state in states}
+    assert seen == {("on", 1.0), ("off", 1.0), ("split", 1.0), ("on", 0.5)}
 
-    assert np.abs(on.astype(int) - np.clip(model[0], 0, 255)).max() <= 1
-    assert np.abs(on.astype(int) - inputs[0]).mean() > 2  # the model changed the frame
-    assert np.array_equal(off, inputs[1])
     mid = source.width // 2
-    assert np.array_equal(split[:, :mid - 1], inputs[2][:, :mid - 1])
-    assert np.all(split[:, mid - 1:mid + 1] == 255)
-    assert np.abs(split[:, mid + 1:].astype(int) - np.clip(model[2], 0, 255)[:, mid + 1:]).max() <= 1
-    blend = np.clip(inputs[3] + 0.5 * (model[3] - inputs[3]), 0, 255)
-    assert np.abs(half.astype(int) - blend).max() <= 1
+    for out, frame, state in zip(sent, inputs, states):
+        raw = engine_on_whole_frame(engine, frame)
+        model = np.clip(raw, 0, 255)
+        if state.mode == "off":
+            assert np.array_equal(out, frame)
+        elif state.mode == "split":
+            assert np.array_equal(out[:, :mid - 1], frame[:, :mid - 1])
+            assert np.all(out[:, mid - 1:mid + 1] == 255)
+            assert np.abs(out[:, mid + 1:].astype(int) - model[:, mid + 1:]).max() <= 1
+        elif state.strength == 1.0:
+            assert np.abs(out.astype(int) - model).max() <= 1
+            assert np.abs(out.astype(int) - frame).mean() > 2  # the model changed the frame
+        else:
+            blend = np.clip(frame + 0.5 * (raw - frame), 0, 255)
+            assert np.abs(out.astype(int) - blend).max() <= 1
 
 
 def test_rate_meter_counts_frames_per_second_over_its_window():
@@ -641,3 +656,59 @@ def test_capture_does_not_spin_on_a_source_that_returns_at_once():
     Pipeline(FrozenCamera(), Bypass(), controls, [RecordingSink()]).run_live()
     elapsed = time.perf_counter() - start
     assert FrozenCamera.reads <= 2 * FrozenCamera.fps * elapsed + 2, (FrozenCamera.reads, elapsed)
+
+
+def test_live_mode_sharpens_the_next_frame_while_the_sinks_send_this_one():
+    """A frame's time is the slower of model and sinks, not their sum: each send waits
+    until the sharpener has started on a later frame, which only a pipeline that overlaps
+    the two lets happen.  Sinks stay on the calling thread (a preview window must be drawn
+    by the thread that made it); the model runs on another."""
+    source = CountingSource()
+    started = []
+    started_cond = threading.Condition()
+    sharpener_threads, sink_threads, overlapped = set(), set(), []
+
+    class NotingSharpener:
+        model_ms = 0.0
+
+        def process(self, frame, state):
+            sharpener_threads.add(threading.get_ident())
+            with started_cond:
+                started.append(index_of(frame))
+                started_cond.notify_all()
+            return frame
+
+    def on_frame(frame):
+        sink_threads.add(threading.get_ident())
+        if len(overlapped) < 5:  # the sixth and last frame has no successor to wait for
+            with started_cond:
+                overlapped.append(started_cond.wait_for(lambda: started[-1] > index_of(frame), timeout=5))
+
+    summary = Pipeline(source, NotingSharpener(), Controls(), [RecordingSink(on_frame)],
+                       max_frames=6).run_live()
+    assert summary.frames == 6 and overlapped == [True] * 5
+    assert sink_threads == {threading.get_ident()}
+    assert threading.get_ident() not in sharpener_threads
+
+
+def test_an_error_in_the_sharpener_ends_the_live_run_with_that_error():
+    class BrokenSharpener:
+        model_ms = 0.0
+
+        def process(self, frame, state):
+            raise RuntimeError("engine failed")
+
+    sink = RecordingSink()
+    with pytest.raises(RuntimeError, match="engine failed"):
+        Pipeline(CountingSource(), BrokenSharpener(), Controls(), [sink], max_frames=5).run_live()
+    assert sink.frames == []
+
+
+def test_live_mode_sharpens_no_frame_past_max_frames():
+    """The input sinks (--save-frames) get exactly the frames that were sent, even though
+    the sharpener works a frame ahead of the sinks."""
+    inputs, outputs = RecordingSink(), RecordingSink(on_frame=lambda frame: time.sleep(0.1))
+    summary = Pipeline(CountingSource(), Bypass(), Controls(), [outputs], max_frames=5,
+                       input_sinks=[inputs]).run_live()
+    assert summary.frames == 5 and len(outputs.frames) == 5
+    assert [index_of(f) for f in inputs.frames] == [index_of(f) for f in outputs.frames]
