@@ -14,7 +14,8 @@ Live mode runs three stages, each on its own thread:
 
 If the camera is lost, the sinks keep receiving the last frame with a "camera
 lost" note while the capture thread reconnects with back-off.  File mode:
-every frame, as fast as possible, in one thread.
+every frame in order, as fast as possible, with the same overlap: one thread
+reads and sharpens, the calling thread sends (encodes).
 """
 from __future__ import annotations
 
@@ -280,22 +281,72 @@ class Pipeline:
         return self.controls.quit.is_set() or (
             self.max_frames is not None and self.summary.frames >= self.max_frames)
 
+    # -- both modes: the sharpening thread hands results to the sending thread ----------
+    def _hand_over(self, results: "queue.Queue", item) -> None:
+        """Waits while the sinks send the result before: the model never gets more than a
+        frame ahead of what the sinks have sent."""
+        while not self._stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _start_sharpening(self, work: Callable[["queue.Queue"], None]) -> tuple:
+        results: "queue.Queue" = queue.Queue(maxsize=1)
+
+        def sharpen() -> None:
+            try:
+                work(results)
+            except BaseException as exc:  # surfaced by run_file / run_live in the calling thread
+                self.processing_error = exc
+            finally:
+                self._sharpening_ended.set()
+
+        thread = threading.Thread(target=sharpen, name="sharpcam-sharpen", daemon=True)
+        thread.start()
+        return thread, results
+
+    def _more_to_sharpen(self, processed: int) -> bool:
+        # Stops at max_frames itself: a frame sharpened but never sent would still have
+        # reached the input sinks (--save-frames).
+        return not self._stop.is_set() and (self.max_frames is None or processed < self.max_frames)
+
     # -- file mode ---------------------------------------------------------------
+    def _sharpen_file(self, results: "queue.Queue") -> None:
+        """Every frame, read and sharpened in order."""
+        processed = 0
+        while self._more_to_sharpen(processed):
+            frame = self.source.read()
+            if frame is None:
+                break
+            out = self._process(frame)
+            processed += 1
+            self._hand_over(results, out)
+
     def run_file(self, progress: Optional[Progress] = None) -> Summary:
         start = self._start()
+        sharpening, results = self._start_sharpening(self._sharpen_file)
         try:
             while not self._done():
-                frame = self.source.read()
-                if frame is None:
-                    break
-                self._send(self._process(frame))
+                try:
+                    out = results.get(timeout=0.1)
+                except queue.Empty:
+                    if self._sharpening_ended.is_set() and results.empty():
+                        break
+                    continue
+                self._send(out)
                 if progress is not None:
                     progress.update(self.summary.frames, self._output_rate.rate)
         finally:
+            self._stop.set()
+            sharpening.join(timeout=5.0)
             self._finish(start)
             if progress is not None:
                 progress.update(self.summary.frames, self.summary.fps, force=True)
                 progress.status.finish()
+        if self.processing_error is not None:
+            raise self.processing_error
         return self.summary
 
     # -- live mode ---------------------------------------------------------------
@@ -368,49 +419,32 @@ class Pipeline:
         return text
 
     def _sharpen_live(self, results: "queue.Queue") -> None:
-        """The sharpening thread: the newest captured frame → the sharpener → ``results``."""
+        """The newest captured frame each time; frames that came meanwhile are dropped."""
         seen = processed = 0
         period = 1.0 / max(1.0, float(self.source.fps))
-        try:
-            # Stops at max_frames itself: a frame sharpened but never sent would still have
-            # reached the input sinks (--save-frames).
-            while not self._stop.is_set() and (self.max_frames is None or processed < self.max_frames):
-                item = self._slot.newer_than(seen, timeout=period)
-                if item is None:
-                    if self._ended.is_set():
-                        break
-                    if self.lost.is_set():
-                        try:  # wake the sending thread: the 'camera lost' note goes out now
-                            results.put_nowait(None)
-                        except queue.Full:
-                            pass
-                    continue
-                seq, frame, captured_at = item
-                self.summary.dropped += seq - seen - 1
-                seen = seq
-                out = self._process(frame)
-                processed += 1
-                # One result waits while the sinks send the one before: the model never
-                # gets more than a frame ahead of what the sinks have sent.
-                while not self._stop.is_set():
-                    try:
-                        results.put((out, captured_at), timeout=period)
-                        break
+        while self._more_to_sharpen(processed):
+            item = self._slot.newer_than(seen, timeout=period)
+            if item is None:
+                if self._ended.is_set():
+                    break
+                if self.lost.is_set():
+                    try:  # wake the sending thread: the 'camera lost' note goes out now
+                        results.put_nowait(None)
                     except queue.Full:
-                        continue
-        except BaseException as exc:  # surfaced by run_live in the main thread
-            self.processing_error = exc
-        finally:
-            self._sharpening_ended.set()
+                        pass
+                continue
+            seq, frame, captured_at = item
+            self.summary.dropped += seq - seen - 1
+            seen = seq
+            out = self._process(frame)
+            processed += 1
+            self._hand_over(results, (out, captured_at))
 
     def run_live(self) -> Summary:
         start = self._start()
-        results: "queue.Queue" = queue.Queue(maxsize=1)
         capture = threading.Thread(target=self._capture, name="sharpcam-capture", daemon=True)
-        sharpening = threading.Thread(target=self._sharpen_live, args=(results,), name="sharpcam-sharpen",
-                                      daemon=True)
         capture.start()
-        sharpening.start()
+        sharpening, results = self._start_sharpening(self._sharpen_live)
         latency_total = 0.0
         last_out = None
         lost_frame = None

@@ -658,7 +658,8 @@ def test_capture_does_not_spin_on_a_source_that_returns_at_once():
     assert FrozenCamera.reads <= 2 * FrozenCamera.fps * elapsed + 2, (FrozenCamera.reads, elapsed)
 
 
-def test_live_mode_sharpens_the_next_frame_while_the_sinks_send_this_one():
+@pytest.mark.parametrize("mode", ["run_live", "run_file"])
+def test_the_next_frame_is_sharpened_while_the_sinks_send_this_one(mode):
     """A frame's time is the slower of model and sinks, not their sum: each send waits
     until the sharpener has started on a later frame, which only a pipeline that overlaps
     the two lets happen.  Sinks stay on the calling thread (a preview window must be drawn
@@ -684,14 +685,18 @@ def test_live_mode_sharpens_the_next_frame_while_the_sinks_send_this_one():
             with started_cond:
                 overlapped.append(started_cond.wait_for(lambda: started[-1] > index_of(frame), timeout=5))
 
-    summary = Pipeline(source, NotingSharpener(), Controls(), [RecordingSink(on_frame)],
-                       max_frames=6).run_live()
+    sink = RecordingSink(on_frame)
+    pipeline = Pipeline(source, NotingSharpener(), Controls(), [sink], max_frames=6)
+    summary = getattr(pipeline, mode)()
     assert summary.frames == 6 and overlapped == [True] * 5
+    if mode == "run_file":  # every frame, in order
+        assert [index_of(frame) for frame in sink.frames] == list(range(6))
     assert sink_threads == {threading.get_ident()}
     assert threading.get_ident() not in sharpener_threads
 
 
-def test_an_error_in_the_sharpener_ends_the_live_run_with_that_error():
+@pytest.mark.parametrize("mode", ["run_live", "run_file"])
+def test_an_error_in_the_sharpener_ends_the_run_with_that_error(mode):
     class BrokenSharpener:
         model_ms = 0.0
 
@@ -700,15 +705,17 @@ def test_an_error_in_the_sharpener_ends_the_live_run_with_that_error():
 
     sink = RecordingSink()
     with pytest.raises(RuntimeError, match="engine failed"):
-        Pipeline(CountingSource(), BrokenSharpener(), Controls(), [sink], max_frames=5).run_live()
+        getattr(Pipeline(CountingSource(), BrokenSharpener(), Controls(), [sink], max_frames=5), mode)()
     assert sink.frames == []
 
 
-def test_live_mode_sharpens_no_frame_past_max_frames():
+@pytest.mark.parametrize("mode", ["run_live", "run_file"])
+def test_no_frame_is_sharpened_past_max_frames(mode):
     """The input sinks (--save-frames) get exactly the frames that were sent, even though
     the sharpener works a frame ahead of the sinks."""
     inputs, outputs = RecordingSink(), RecordingSink(on_frame=lambda frame: time.sleep(0.1))
-    summary = Pipeline(CountingSource(), Bypass(), Controls(), [outputs], max_frames=5,
-                       input_sinks=[inputs]).run_live()
+    pipeline = Pipeline(CountingSource(), Bypass(), Controls(), [outputs], max_frames=5,
+                        input_sinks=[inputs])
+    summary = getattr(pipeline, mode)()
     assert summary.frames == 5 and len(outputs.frames) == 5
     assert [index_of(f) for f in inputs.frames] == [index_of(f) for f in outputs.frames]
