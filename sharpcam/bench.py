@@ -1,7 +1,8 @@
 """``sharpcam bench``: frames per second on this machine, per resolution and method.
 
-Measures the per-frame work of the pipeline (no camera; frames as fast as it goes, or
-with ``--fps`` at a camera's rate, where the CPU use is what that rate costs): ``off``
+Measures the file-mode pipeline as sharpcam runs it, one thread reading and sharpening
+while another sends (no camera; frames as fast as it goes, or with ``--fps`` at a
+camera's rate, where the CPU use is what that rate costs): ``off``
 is the full pipeline path with the model bypassed, ``unsharp`` the classical
 baseline, and the model both tiled (unless it reads the whole frame) and whole-frame.
 Where sharpcam would choose between engines at start (``--threads auto``: one thread or
@@ -32,16 +33,28 @@ SIZES = ((640, 480), (1280, 720), (1920, 1080))
 
 
 class _RepeatSource(Lifetime):
-    """Hands out two frames in turn forever, so only the pipeline's own work is timed;
-    two, because the sharpener skips the model for a frame identical to the one before."""
+    """Hands out two frames in turn, so only the pipeline's own work is timed; two, because
+    the sharpener skips the model for a frame identical to the one before.  With ``pace``
+    (frames/s) frame k is handed out no sooner than k/pace seconds after the first, as from
+    a camera; with ``seconds`` it ends after that long, once ``min_frames`` are out."""
     self_paced, finite, frame_count, fps = False, False, 0, 30.0
 
-    def __init__(self, frames):
+    def __init__(self, frames, *, pace: Optional[float] = None, seconds: Optional[float] = None,
+                 min_frames: int = 0, clock=time.perf_counter):
         self.frames = frames
         self.height, self.width = frames[0].shape[:2]
+        self.pace, self.seconds, self.min_frames, self._clock = pace, seconds, min_frames, clock
         self.index = 0
+        self._start = None
 
     def read(self):
+        now = self._clock()
+        if self._start is None:
+            self._start = now
+        if self.seconds is not None and self.index >= self.min_frames and now - self._start >= self.seconds:
+            return None
+        if self.pace:
+            time.sleep(max(0.0, self._start + self.index / self.pace - now))
         self.index += 1
         return self.frames[self.index % len(self.frames)]
 
@@ -53,15 +66,18 @@ class _RepeatSource(Lifetime):
 
 
 class _CopySink(Lifetime):
-    """Costs what an in-memory virtual camera costs: one copy of the frame."""
+    """Costs what an in-memory virtual camera costs: one copy of the frame.  Notes when
+    each frame arrived, on the wall clock and the process's CPU clock."""
 
     def __init__(self):
         self.buffer = None
+        self.arrivals = []
 
     def send(self, frame):
         if self.buffer is None or self.buffer.shape != frame.shape:
             self.buffer = np.empty_like(frame)
         np.copyto(self.buffer, frame)
+        self.arrivals.append((time.perf_counter(), time.process_time()))
 
     def describe(self) -> str:
         return "a frame buffer in memory"
@@ -75,27 +91,23 @@ class _UnsharpSharpener:
 
 
 def time_pipeline(frames, sharpener, seconds: float, min_frames: int = 3,
-                  pace: Optional[float] = None) -> tuple:
-    """(frames per second, CPU use in cores) of the file-mode pipeline over ``frames``
-    (two different ones) in turn. CPU use is the process's CPU seconds (every thread) per second over the
-    timed loop: 2.0 means two cores kept busy. With ``pace`` (frames/s) a frame never starts
+                  pace: Optional[float] = None, warm_up: int = 2) -> tuple:
+    """(frames per second, CPU use in cores) of the file-mode pipeline, as sharpcam runs
+    it, over ``frames`` (two different ones) in turn, from the arrival of frame
+    ``warm_up`` at the sink to the last: allocation and first-run costs are not steady
+    state. CPU use is the process's CPU seconds (every thread) per second over that
+    window: 2.0 means two cores kept busy. With ``pace`` (frames/s) a frame never starts
     before its time, as from a camera: the CPU use is then what that frame rate costs."""
-    source = _RepeatSource(frames)
-    controls = Controls()
-    # One untimed frame first: allocation and first-run costs are not steady state.
+    source = _RepeatSource(frames, pace=pace, seconds=seconds, min_frames=min_frames + warm_up + 1)
     sink = _CopySink()
-    Pipeline(source, sharpener, controls, [sink], max_frames=1).run_file()
-    frames, start, cpu_start = 0, time.perf_counter(), time.process_time()
-    while frames < min_frames or time.perf_counter() - start < seconds:
-        if pace:
-            time.sleep(max(0.0, start + frames / pace - time.perf_counter()))
-        Pipeline(source, sharpener, controls, [sink], max_frames=1).run_file()
-        frames += 1
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    Pipeline(source, sharpener, Controls(), [sink]).run_file()
+    (wall0, cpu0), (wall1, cpu1) = sink.arrivals[warm_up], sink.arrivals[-1]
+    wall = wall1 - wall0
+    frames_timed = len(sink.arrivals) - 1 - warm_up
     # Over a window of a few frames (--seconds 0), threads still finishing the previous
     # cell's work (OpenCV's pool waits busy a while) can add more CPU time than the window
     # has cores for; no process keeps more cores busy than the machine has.
-    return frames / wall, min(cpu / wall, float(os.cpu_count() or 1))
+    return frames_timed / wall, min((cpu1 - cpu0) / wall, float(os.cpu_count() or 1))
 
 
 def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=None,
