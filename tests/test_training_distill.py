@@ -104,7 +104,7 @@ def test_teacher_cache_key_changes_with_everything_it_depends_on(image_dir, teac
     assert teacher_cache.cache_key(**base) == key
     other_teacher = write_teacher(tmp_path / "other.pt", seed=1)
     changed = [dict(base, teacher_path=other_teacher), dict(base, degradation="seed"), dict(base, seed=1),
-               dict(base, crop=128), dict(base, pool=16),
+               dict(base, crop=128), dict(base, pool=16), dict(base, ensemble=True),
                dict(base, data=datasets.load_source(data=str(image_dir), val_fraction=0.5).describe)]
     keys = {teacher_cache.cache_key(**c) for c in changed}
     assert key not in keys and len(keys) == len(changed)
@@ -432,3 +432,20 @@ def test_int8_aware_fine_tuning_trains_through_the_rounding_and_resumes_exactly(
     distill.main([*common, "--out", str(tmp_path / "bf16-plain"), "--max-steps", "1", "--bf16"])
     assert asked == [False, True]
     assert capsys.readouterr().err.count("--int8-aware trains in fp32 (bf16 off)") == 1
+
+
+def test_teacher_ensemble_labels_the_cache_with_the_mean_over_flips_and_rotations(image_dir, teacher_file,
+                                                                                  tmp_path, capsys):
+    from training.teacher_labels import self_ensemble
+    cache = tmp_path / "cache"
+    distill.main(distill_args(image_dir, teacher_file, tmp_path / "run", "--teacher-cache", str(cache),
+                              "--cache-pool", "4", "--max-steps", "1", "--degradation", "seed",
+                              "--teacher-ensemble"))
+    assert "teacher cache miss" in capsys.readouterr().err
+    (path,) = cache.glob("teacher-*.pt")
+    pool = teacher_cache.load_pool(path)
+    network = load_restormer(teacher_file).eval()
+    with torch.no_grad():
+        single, ensembled = network(pool["inputs"]).clamp(0, 1), self_ensemble(network, pool["inputs"]).clamp(0, 1)
+    assert torch.allclose(pool["teacher"], ensembled, atol=1e-5)
+    assert not torch.allclose(pool["teacher"], single, atol=1e-5)  # the tiny teacher is not symmetric

@@ -31,6 +31,7 @@ from models import CheckpointError, STUDENT_PRESETS, build_student, load_restorm
 from sharpcam import DEFAULT_MODEL
 from training import data as datasets
 from training import distributed, loop, teacher_cache
+from training.teacher_labels import TeacherLabels
 from training.errors import UsageError
 from training.export import ExportError, export_student
 from training.int8_simulation import Int8Simulation
@@ -76,6 +77,8 @@ class Options(loop.LoopOptions):
     min_lr: float = option(1e-6, "learning rate at the end of the cosine schedule")
     batch_size: int = option(4, "batch size per process")
     epochs: int = option(5, "epochs over the training crops")
+    teacher_ensemble: bool = option(False, "teacher labels are the mean over the 8 flips and rotations "
+                                           "of each crop (8× the teacher's time)")
     teacher_cache: Optional[str] = option(None, "folder for precomputed teacher outputs (for CPUs)")
     cache_pool: int = option(256, "number of crops the teacher labels for the cache")
     eval_every: int = option(0, "validate every N steps (0: once per epoch, and at the end)")
@@ -132,7 +135,7 @@ def labelled_pool(opts: Options, runtime: distributed.Runtime, source: datasets.
     """The teacher cache: crops labelled once (by the main process) and reused every epoch."""
     key = teacher_cache.cache_key(teacher_path=teacher_path, data=source.describe,
                                   degradation=opts.degradation, crop=opts.crop, resize=opts.resize,
-                                  seed=opts.seed, pool=opts.cache_pool)
+                                  seed=opts.seed, pool=opts.cache_pool, ensemble=opts.teacher_ensemble)
     path = teacher_cache.cache_path(Path(opts.teacher_cache), key)
     pool = teacher_cache.load_pool(path) if runtime.is_main else None
     if runtime.is_main:
@@ -183,6 +186,10 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     # needed; one that is named anyway still gives the validation baseline.
     teacher, teacher_path = (load_teacher(opts.teacher, device) if beta > 0 or opts.teacher
                              else (None, None))
+    if teacher is not None:
+        # Crops run whole (a tile holds the largest); the wrapper adds the ensemble.
+        teacher = TeacherLabels(teacher, tile=max(256, opts.crop), ensemble=opts.teacher_ensemble,
+                                batch_size=opts.batch_size)
     student = build_student_from_options(opts).to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=opts.lr)
 

@@ -28,9 +28,11 @@ def file_digest(path: Path) -> str:
 
 
 def cache_key(*, teacher_path: Path, data: dict, degradation: str, crop: int, resize: int | None,
-              seed: int, pool: int) -> str:
+              seed: int, pool: int, ensemble: bool = False) -> str:
     spec = dict(version=1, teacher=file_digest(teacher_path), data=data, degradation=degradation,
                 crop=crop, resize=resize, seed=seed, pool=pool)
+    if ensemble:  # only when on, so caches of single-pass labels keep their keys
+        spec["ensemble"] = "x8"
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
