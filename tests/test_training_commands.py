@@ -48,10 +48,12 @@ def test_teacher_distill_evaluate_chain_through_the_cli(image_dir, tmp_path):
         assert (s / name).is_file(), name
     proc = run_cli("-m", "training.evaluate", "--student", str(s / "student.onnx"), "--teacher",
                    str(t / "teacher.pt"), "--out", str(e), "--data", str(image_dir), "--crop", "64",
-                   "--speed-repeats", "1")
+                   "--speed-repeats", "1", "--teacher-tile", "32", "--teacher-ensemble")
     report = json.loads((e / "report.json").read_text())
     assert set(report["table"]) == set(evaluate.PRESETS)
-    assert {"input", "unsharp", "teacher", "student_torch", "student_onnx"} <= set(report["table"]["seed"])
+    assert {"input", "unsharp", "teacher", "teacher_x8", "student_torch", "student_onnx"} <= set(
+        report["table"]["seed"])
+    assert "teacher ×8" in (e / "report.md").read_text()
     assert report["speed"]["tile_256_ms"] > 0 and report["speed"]["720p_fps"] > 0
     assert "| preset |" in (e / "report.md").read_text() and "| preset |" in proc.stdout
     assert (e / "grid.png").stat().st_size > 1000

@@ -154,3 +154,10 @@ def test_speed_table_is_the_median_time_per_tile_and_frame(monkeypatch):
     # Overlapping tiles compute more pixels than the whole frame, so the whole frame wins.
     assert speed["720p_tiled_256_ms"] > speed["720p_whole_frame_ms"]
     assert speed["720p_fps"] == pytest.approx(1000 / speed["720p_whole_frame_ms"])
+
+
+def test_a_missing_student_names_the_option_to_fix(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["--student", str(tmp_path / "none.onnx"), "--out", str(tmp_path / "e")])
+    message = str(stop.value)
+    assert message.startswith("error: --student ") and "none.onnx" in message and "\n" not in message

@@ -42,6 +42,7 @@ from training.options import option, parse_options
 from training.flicker import Restorer  # H×W×3 float RGB [0, 1] -> same
 from training.quality import psnr, ssim
 from training.runlog import write_json
+from training.teacher_labels import TeacherLabels
 
 PRESETS = ["clean", "seed", "webcam", *degrade.COMPONENTS]
 SEED_PROTOCOL_SIZE = 256
@@ -55,6 +56,9 @@ class Options:
     student: str = option("runs/distill/student.onnx", "student ONNX file")
     student_pt: Optional[str] = option(None, "student PyTorch checkpoint (default: student.pt beside the ONNX)")
     teacher: Optional[str] = option(None, "teacher weights (default: checkpoints/motion_deblurring.pth if present)")
+    teacher_tile: int = option(256, "the teacher runs on tiles of this size, overlapping by a eighth")
+    teacher_ensemble: bool = option(False, "also evaluate the teacher's ×8 flip/rotate self-ensemble "
+                                           "(a 'teacher ×8' column, 8× the teacher's time)")
     data: Optional[str] = option(None, "folder whose held-out split is used; default: scikit-image's photos")
     paired: Optional[list[str]] = option(None, "BLUR_DIR SHARP_DIR: adds a 'paired' row on the held-out pairs",
                                          nargs=2, metavar=("BLUR_DIR", "SHARP_DIR"))
@@ -229,6 +233,7 @@ def measure_speed(engine: Engine, repeats: int) -> dict:
 
 METHOD_TITLES = {"input": "degraded input", "unsharp": f"unsharp mask {UNSHARP_AMOUNT:g}",
                  "unsharp_tuned": "unsharp mask, tuned", "teacher": "teacher",
+                 "teacher_x8": "teacher ×8",
                  "student_torch": "student (torch)", "student_onnx": "student (ONNX)"}
 
 
@@ -364,17 +369,30 @@ def run(opts: Options) -> dict:
                           for pair in held_out]
 
     # --- models -----------------------------------------------------------------------
+    if not Path(opts.student).is_file():
+        raise UsageError(f"--student {opts.student} not found; pass a student .onnx, or produce one with "
+                         "`python -m training.distill --out DIR`")
     try:
         engine = Engine(opts.student, device="cpu", threads=opts.threads)
     except ModelError as e:
         raise UsageError(f"{e}; produce one with `python -m training.distill --out DIR`") from None
     restorers: dict[str, Restorer] = {}
     teacher_path = Path(opts.teacher) if opts.teacher else Path("checkpoints/motion_deblurring.pth")
+    if opts.teacher_tile < 32:
+        raise UsageError(f"--teacher-tile {opts.teacher_tile} is too small for a teacher to see anything; "
+                         "use 32 or more (it trained on 128-256)")
     if teacher_path.is_file():
         try:
-            restorers["teacher"] = torch_restorer(load_restormer(teacher_path, device=device), device)
+            teacher = load_restormer(teacher_path, device=device)
         except CheckpointError as e:
             raise UsageError(f"--teacher: {e}") from None
+        # As the labels are made: tiles of a training size, which also bound the memory.
+        overlap = max(4, opts.teacher_tile // 8)
+        restorers["teacher"] = torch_restorer(TeacherLabels(teacher, tile=opts.teacher_tile, overlap=overlap),
+                                              device)
+        if opts.teacher_ensemble:
+            restorers["teacher_x8"] = torch_restorer(
+                TeacherLabels(teacher, tile=opts.teacher_tile, overlap=overlap, ensemble=True), device)
     elif opts.teacher:
         raise UsageError(f"teacher {teacher_path} not found; pass an existing --teacher or leave it out")
     else:
@@ -431,7 +449,7 @@ def run(opts: Options) -> dict:
     markdown = report_markdown(report)
     write_atomically(out / "report.md", markdown.encode())
     grid_preset = "gaussian"
-    columns = {k: restorers[k] for k in ("student_onnx", "teacher") if k in restorers}
+    columns = {k: restorers[k] for k in ("student_onnx", "teacher", "teacher_x8") if k in restorers}
     crops = [datasets.center_crop(im, 256) for im in images[:4]]
     save_grid(out / "grid.png", build_pairs(crops, 0, [grid_preset], opts.seed)[grid_preset], columns,
               f"held-out crops, {grid_preset} blur ({presets[grid_preset]})")
