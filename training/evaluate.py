@@ -56,7 +56,7 @@ class Options:
     student: str = option("runs/distill/student.onnx", "student ONNX file")
     student_pt: Optional[str] = option(None, "student PyTorch checkpoint (default: student.pt beside the ONNX)")
     teacher: Optional[str] = option(None, "teacher weights (default: checkpoints/motion_deblurring.pth if present)")
-    teacher_tile: int = option(256, "the teacher runs on tiles of this size, overlapping by a eighth")
+    teacher_tile: int = option(256, "the teacher runs on tiles of this size, overlapping by an eighth")
     teacher_ensemble: bool = option(False, "also evaluate the teacher's ×8 flip/rotate self-ensemble "
                                            "(a 'teacher ×8' column, 8× the teacher's time)")
     data: Optional[str] = option(None, "folder whose held-out split is used; default: scikit-image's photos")
@@ -387,12 +387,10 @@ def run(opts: Options) -> dict:
         except CheckpointError as e:
             raise UsageError(f"--teacher: {e}") from None
         # As the labels are made: tiles of a training size, which also bound the memory.
-        overlap = max(4, opts.teacher_tile // 8)
-        restorers["teacher"] = torch_restorer(TeacherLabels(teacher, tile=opts.teacher_tile, overlap=overlap),
-                                              device)
+        restorers["teacher"] = torch_restorer(TeacherLabels(teacher, tile=opts.teacher_tile), device)
         if opts.teacher_ensemble:
             restorers["teacher_x8"] = torch_restorer(
-                TeacherLabels(teacher, tile=opts.teacher_tile, overlap=overlap, ensemble=True), device)
+                TeacherLabels(teacher, tile=opts.teacher_tile, ensemble=True), device)
     elif opts.teacher:
         raise UsageError(f"teacher {teacher_path} not found; pass an existing --teacher or leave it out")
     else:

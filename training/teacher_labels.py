@@ -13,6 +13,8 @@ self-ensemble of EDSR and of Restormer's own tests. It costs eight runs per tile
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -66,13 +68,15 @@ def edge_weights(size: int, overlap: int, before: bool, after: bool) -> torch.Te
 
 class TeacherLabels(nn.Module):
     """Wraps a teacher network: ``labels(images)`` is its output on N×C×H×W images,
-    computed tile by tile (``tile`` pixels, neighbours overlapping by ``overlap``) and,
-    with ``ensemble``, averaged over the eight flips and rotations. Images no larger than
-    a tile run whole. No gradients: labels are targets."""
+    computed tile by tile (``tile`` pixels, neighbours overlapping by ``overlap``, by
+    default an eighth of a tile) and, with ``ensemble``, averaged over the eight flips and
+    rotations. Images no larger than a tile run whole. No gradients: labels are targets."""
 
-    def __init__(self, teacher: nn.Module, *, tile: int = 256, overlap: int = 32, ensemble: bool = False,
-                 batch_size: int = 4):
+    def __init__(self, teacher: nn.Module, *, tile: int = 256, overlap: Optional[int] = None,
+                 ensemble: bool = False, batch_size: int = 4):
         super().__init__()
+        if overlap is None:
+            overlap = max(4, tile // 8)
         if tile <= 0 or not 4 <= overlap < tile:
             raise ValueError(f"need a positive tile and 4 <= overlap < tile; got tile {tile}, overlap {overlap}")
         self.teacher = teacher
