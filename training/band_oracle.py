@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from models import CheckpointError, load_student
+from sharpcam import DEFAULT_MODEL
 from sharpcam.atomic_file import write_atomically
 from training import data as datasets
 from training import degrade
@@ -39,7 +40,8 @@ ROWS = list(degrade.COMPONENTS)
 @dataclass
 class Options:
     """Fixed-gain and offset oracles for a band-gain student on held-out photos."""
-    student: str = option("sharpcam/assets/student.onnx", "band-gain student (.onnx or student.pt)")
+    student: Optional[str] = option(None, "band-gain student (.onnx or student.pt); default: the one "
+                                          "sharpcam ships")
     data: Optional[str] = option(None, "folder whose held-out split is used; default: scikit-image's photos")
     val_fraction: float = option(0.15, "the split used in training (by name hash)")
     rows: Optional[list[str]] = option(None, "only these rows (default: every degradation)", choices=ROWS)
@@ -143,10 +145,11 @@ def main(argv=None) -> dict:
 
 
 def run(opts: Options) -> dict:
-    if not Path(opts.student).is_file():
-        raise UsageError(f"--student {opts.student} not found; pass a student .onnx or student.pt")
+    path = Path(opts.student or DEFAULT_MODEL)
+    if not path.is_file():
+        raise UsageError(f"--student {path} not found; pass a student .onnx or student.pt")
     try:
-        model = load_student(opts.student)
+        model = load_student(path)
     except CheckpointError as e:
         raise UsageError(f"--student: {e}") from None
     student = BandStudent(model)
@@ -156,7 +159,7 @@ def run(opts: Options) -> dict:
         raise UsageError("the data has no held-out images (it needs at least two files); "
                          "pass --data with more images")
     rows = opts.rows or ROWS
-    report = {"student": opts.student, "images": len(images), "bands": model.config["bands"],
+    report = {"student": str(path), "images": len(images), "bands": model.config["bands"],
               "rows": {}, "options": asdict(opts)}
     for row in rows:
         report["rows"][row] = oracle_row(student, build_pairs(images, 0, [row], opts.seed)[row])
