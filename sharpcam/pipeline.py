@@ -246,6 +246,12 @@ class Pipeline:
         self.capture_error: Optional[BaseException] = None
         self.processing_error: Optional[BaseException] = None
 
+    @property
+    def _frame_period(self) -> float:
+        """Seconds between the source's frames (at most a second): how long a live
+        stage waits for the next before it looks at why none came."""
+        return 1.0 / max(1.0, float(self.source.fps))
+
     # -- shared per-frame work -------------------------------------------------
     def _process(self, frame: np.ndarray) -> np.ndarray:
         for sink in self.input_sinks:
@@ -356,7 +362,7 @@ class Pipeline:
             # A camera's read() blocks until its next frame, but a frozen driver or a virtual
             # source with nothing new returns at once: self-paced sources are read at most
             # twice per frame period, so such a source cannot make this loop spin a core.
-            min_gap = 0.5 / max(1.0, float(self.source.fps)) if self.source.self_paced else 0.0
+            min_gap = 0.5 * self._frame_period if self.source.self_paced else 0.0
             due, last_read = time.perf_counter(), float("-inf")
             while not self._stop.is_set():
                 if min_gap:
@@ -421,9 +427,8 @@ class Pipeline:
     def _sharpen_live(self, results: "queue.Queue") -> None:
         """The newest captured frame each time; frames that came meanwhile are dropped."""
         seen = processed = 0
-        period = 1.0 / max(1.0, float(self.source.fps))
         while self._more_to_sharpen(processed):
-            item = self._slot.newer_than(seen, timeout=period)
+            item = self._slot.newer_than(seen, timeout=self._frame_period)
             if item is None:
                 if self._ended.is_set():
                     break
@@ -448,11 +453,10 @@ class Pipeline:
         latency_total = 0.0
         last_out = None
         lost_frame = None
-        period = 1.0 / max(1.0, float(self.source.fps))
         try:
             while not self._done():
                 try:
-                    result = results.get(timeout=period)
+                    result = results.get(timeout=self._frame_period)
                 except queue.Empty:
                     result = None
                 if result is None:  # no fresh frame this period (or the camera was just lost)

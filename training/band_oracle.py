@@ -29,7 +29,7 @@ from sharpcam.atomic_file import write_atomically
 from training import data as datasets
 from training import degrade
 from training.errors import UsageError, reported_as_exit
-from training.evaluate import build_pairs
+from training.evaluate import build_pairs, padded_batch
 from training.options import option, parse_options
 from training.quality import psnr
 from training.runlog import write_json
@@ -89,12 +89,8 @@ class BandStudent:
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(output H×W×3, bands K×H×W, gain maps K×h×w at the UNet's resolution)."""
         h, w = frame.shape[:2]
-        multiple = self.model.size_multiple
-        x = datasets.to_tensor(frame)[None]
-        ph, pw = (-h) % multiple, (-w) % multiple
-        if ph or pw:
-            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
-        out = self.model(x)[0, :, :h, :w].permute(1, 2, 0).clamp(0, 1).numpy()
+        x = padded_batch(frame, self.model.size_multiple)
+        out = datasets.to_image(self.model(x)[0, :, :h, :w])
         bands = torch.cat(self.model.bands(self.model.luma(x)), dim=1)[0, :, :h, :w].numpy()
         return out, bands, self._gains[0].numpy()
 

@@ -83,17 +83,24 @@ def identity(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def padded_batch(image: np.ndarray, multiple: int) -> torch.Tensor:
+    """The H×W×3 image as a 1×3×H'×W' tensor, reflected at its bottom and right edges up
+    to multiples of `multiple` (crop the model's output back to H×W)."""
+    h, w = image.shape[:2]
+    x = datasets.to_tensor(image)[None]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
+    return x
+
+
 def torch_restorer(model: torch.nn.Module, device: torch.device) -> Restorer:
     multiple = getattr(model, "size_multiple", 8)
 
     @torch.no_grad()
     def restore(image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
-        x = datasets.to_tensor(image)[None].to(device)
-        ph, pw = (-h) % multiple, (-w) % multiple
-        if ph or pw:
-            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
-        return datasets.to_image(model(x)[0, :, :h, :w])
+        return datasets.to_image(model(padded_batch(image, multiple).to(device))[0, :, :h, :w])
     return restore
 
 
