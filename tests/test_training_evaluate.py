@@ -108,6 +108,16 @@ def test_the_mix_row_scores_several_different_chains_of_each_image():
     assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(pairs, again))  # and reproducible
 
 
+def test_every_column_starts_from_the_8_bit_frame_a_camera_delivers():
+    images = [photo_like(48, 64, seed) for seed in range(2)]
+    pairs = evaluate.build_pairs(images, 0, ["gaussian_mild", "noise", "webcam", "seed"], seed=0)
+    for row, samples in pairs.items():
+        for degraded, sharp in samples:
+            assert degraded.dtype == np.float32 and degraded.shape == sharp.shape
+            levels = degraded.astype(np.float64) * 255
+            assert np.abs(levels - np.round(levels)).max() < 1e-3, row
+
+
 def red_only_model(path):
     """Keeps the red channel (the engine's input is RGB) and zeroes green and blue."""
     import conftest

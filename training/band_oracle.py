@@ -50,11 +50,6 @@ class Options:
     out: str = option("runs/band_oracle", "folder for report.json and report.md")
 
 
-def as_camera_frame(image: np.ndarray) -> np.ndarray:
-    """The frame rounded to 8 bits, as a webcam delivers it and sharpcam feeds the model."""
-    return (np.round(np.clip(image, 0, 1) * 255) / 255).astype(np.float32)
-
-
 def least_squares_gains(pairs: list[tuple[np.ndarray, np.ndarray]], bands: list[np.ndarray]) -> np.ndarray:
     """The gains g minimising Σ ‖target − start − Σₖ gₖ·bandₖ‖² over all photos, where each
     pair is (start, target) H×W×3 and each entry of `bands` is a K×H×W stack of luma bands,
@@ -95,8 +90,8 @@ class BandStudent:
         return out, bands, self._gains[0].numpy()
 
 
-def oracle_row(student: BandStudent, pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    frames = [(as_camera_frame(degraded), sharp) for degraded, sharp in pairs]
+def oracle_row(student: BandStudent, frames: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """One row's oracles; `frames` are training.evaluate's (8-bit frame, sharp photo) pairs."""
     runs = [student(frame) for frame, _ in frames]
     bands = [stack for _, stack, _ in runs]
     fixed = least_squares_gains(frames, bands)
