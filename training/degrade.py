@@ -131,6 +131,12 @@ def sensor_noise(image: Image, rng: np.random.Generator, photons: float | None =
     return _as_float(shot + read)
 
 
+def camera_frame(image: Image) -> Image:
+    """The image rounded to 8 bits, as a webcam delivers every frame (and the last step of
+    every evaluation row: all methods compared start from the frame sharpcam would get)."""
+    return (np.round(np.clip(image, 0, 1) * 255) / 255).astype(np.float32)
+
+
 DEGRADATIONS: dict[str, Callable[..., Image]] = {
     "gaussian": gaussian_blur,
     "defocus": defocus_blur,

@@ -139,11 +139,6 @@ def tuned_unsharp_amount(samples: list[tuple[np.ndarray, np.ndarray]]) -> float:
 # --- evaluation ------------------------------------------------------------------------
 
 
-def as_camera_frame(image: np.ndarray) -> np.ndarray:
-    """The image rounded to 8 bits, as a webcam delivers a frame."""
-    return (np.round(np.clip(image, 0, 1) * 255) / 255).astype(np.float32)
-
-
 def degrade_for(preset: str, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(degraded, sharp) for one row; the degraded frame is 8-bit, as a camera delivers it,
     so every column (the input itself, the unsharp masks, the student) starts from the same
@@ -153,13 +148,13 @@ def degrade_for(preset: str, image: np.ndarray, rng: np.random.Generator) -> tup
     if preset == "seed":
         # The original protocol: the whole photo resized to 256×256, then σ 0.5.
         small = cv2.resize(image, (SEED_PROTOCOL_SIZE, SEED_PROTOCOL_SIZE), interpolation=cv2.INTER_AREA)
-        return as_camera_frame(degrade.seed_preset(small, rng)), small
+        return degrade.camera_frame(degrade.seed_preset(small, rng)), small
     if preset == "webcam":
         degraded = degrade.webcam_preset(image, rng)
         while degraded is image:  # an untouched frame is the clean row's job
             degraded = degrade.webcam_preset(image, rng)
-        return as_camera_frame(degraded), image
-    return as_camera_frame(degrade.component(preset)(image, rng)), image
+        return degrade.camera_frame(degraded), image
+    return degrade.camera_frame(degrade.component(preset)(image, rng)), image
 
 
 # The realistic mix draws one random chain per sample: with 8 held-out photos one draw

@@ -4,7 +4,7 @@ sharpens its edges.
 Sharpening amplifies sensor noise, and noise is new in every frame, so a filter that
 looks fine on one still image can shimmer on a face or a wall in a call. Two synthetic
 clips, both from a sharp held-out photo softened once (Gaussian σ 1, a soft webcam lens)
-with fresh sensor noise in every frame:
+with fresh sensor noise in every frame, rounded to 8 bits as a camera delivers them:
 - ``static``: the camera and the scene stand still;
 - ``pan``: the view slides sideways a few pixels a frame. The motion is known exactly,
   so frames are compensated by shifting them back, with no optical-flow error.
@@ -23,7 +23,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from training.degrade import gaussian_blur, sensor_noise
+from training.degrade import camera_frame, gaussian_blur, sensor_noise
 
 Restorer = Callable[[np.ndarray], np.ndarray]  # H×W×3 float RGB [0, 1] -> same
 
@@ -53,7 +53,7 @@ def scene_masks(sharp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def static_clip(sharp: np.ndarray, seed: int, frames: int = FRAMES) -> list[np.ndarray]:
     rng = np.random.default_rng([seed, 1])
     soft = gaussian_blur(sharp, rng, sigma=SOFTNESS)
-    return [sensor_noise(soft, rng, **NOISE) for _ in range(frames)]
+    return [camera_frame(sensor_noise(soft, rng, **NOISE)) for _ in range(frames)]
 
 
 def pan_clip(sharp: np.ndarray, seed: int, frames: int = FRAMES, step: int = PAN_STEP) -> list[np.ndarray]:
@@ -62,7 +62,7 @@ def pan_clip(sharp: np.ndarray, seed: int, frames: int = FRAMES, step: int = PAN
     rng = np.random.default_rng([seed, 2])
     width = sharp.shape[1] - step * (frames - 1)
     soft = gaussian_blur(sharp, rng, sigma=SOFTNESS)
-    return [sensor_noise(soft[:, t * step:t * step + width], rng, **NOISE) for t in range(frames)]
+    return [camera_frame(sensor_noise(soft[:, t * step:t * step + width], rng, **NOISE)) for t in range(frames)]
 
 
 def flicker(frames: list[np.ndarray], flat: np.ndarray, step: int = 0) -> float:
