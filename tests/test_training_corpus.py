@@ -194,13 +194,15 @@ def test_split_keeps_builtin_held_out_trains_dead_leaves_and_holds_out_eight():
         return corpus.Photo(source, "x", rel, rel)
     photos = ([photo("scikit-image", n) for n in BUILTIN_TRAIN + BUILTIN_VAL]
               + [photo("debian:p", f"usr/share/backgrounds/p{i}.jpg") for i in range(10)]
-              + [photo("procedural:dead-leaves", f"{i:04d}") for i in range(3)])
+              + [photo("procedural:dead-leaves", f"{i:04d}") for i in range(3)]
+              + [photo("procedural:text-pages", f"t{i:04d}") for i in range(2)])
     for i, p in enumerate(photos):
         p.file = f"f{i:02d}.png"
     corpus.assign_splits(photos, 0.0)
     split = {p.rel: p.split for p in photos}
     assert all(split[n] == "val" for n in BUILTIN_VAL) and all(split[n] == "train" for n in BUILTIN_TRAIN)
     assert all(split[f"{i:04d}"] == "train" for i in range(3))
+    assert all(split[f"t{i:04d}"] == "train" for i in range(2))
     assert sum(s == "val" for s in split.values()) == corpus.MIN_HELD_OUT
     # The top-up is deterministic: the next names by hash, whatever the input order.
     again = list(reversed(photos))
@@ -234,6 +236,26 @@ def test_builtin_photos_keep_their_split_and_dead_leaves_are_seeded(tmp_path):
     first = (tmp_path / "a/dead-leaves__0000.png").read_bytes()
     assert (tmp_path / "b/dead-leaves__0000.png").read_bytes() == first
     assert (tmp_path / "c/dead-leaves__0000.png").read_bytes() != first
+
+
+def test_text_pages_are_trained_on_seeded_and_full_of_fine_strokes(tmp_path):
+    m = run("--skip-packages", "--no-builtin", "--out", tmp_path / "a", "--max-side", 128, "--text-pages", 2,
+            "--dead-leaves", 1)
+    pages = [e for e in m["files"] if e["source"] == "procedural:text-pages"]
+    assert [e["file"] for e in pages] == ["text-pages__0000.png", "text-pages__0001.png"]
+    assert all(e["split"] == "train" and e["licence"] == "generated" and e["size"] == [128, 128] for e in pages)
+    # Adding pages leaves the dead leaves as they were (each kind has its own random stream).
+    run("--skip-packages", "--no-builtin", "--out", tmp_path / "b", "--max-side", 128, "--dead-leaves", 1)
+    assert (tmp_path / "a/dead-leaves__0000.png").read_bytes() == (tmp_path / "b/dead-leaves__0000.png").read_bytes()
+
+    page = corpus.text_page(256, np.random.default_rng(0))
+    assert page.shape == (256, 256, 3) and page.dtype == np.uint8
+    assert np.array_equal(page, corpus.text_page(256, np.random.default_rng(0)))
+    assert not np.array_equal(page, corpus.text_page(256, np.random.default_rng(1)))
+    # Text: flat ground under strokes a pixel or two wide, with the contrast of ink on paper.
+    grey = page.mean(axis=2)
+    steps = np.abs(np.diff(grey, axis=1))
+    assert np.median(steps) < 2 and np.percentile(steps, 99) > 60
 
 
 def test_without_apt_the_error_says_what_to_pass_instead(tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ without a browser:
 - scikit-image's bundled photographs, read from the installed package, keeping the split
   of ``training.data`` (BUILTIN_VAL stays held out);
 - the user's own photo folders (``--folder``);
-- optional procedural dead-leaves images (``--dead-leaves N``).
+- optional procedural images: dead leaves (``--dead-leaves N``) and pages of rendered
+  text (``--text-pages N``), always trained on, never held out.
 
 Package and folder images are checked before they are kept: thumbnails, smooth gradients,
 vector art and flat renders are dropped (thresholds below, calibrated by eye on a contact
@@ -74,7 +75,7 @@ DEFAULT_EXCLUDE = ["gnome-backgrounds/*/grid-*", "gnome-backgrounds/*/licorice-*
 # Evaluation needs whole held-out photos; a hash split of a small corpus can give too few.
 MIN_HELD_OUT = 8
 MIN_PHOTOS_FOR_HELD_OUT = 20
-DEAD_LEAVES_SIDE = 768
+PROCEDURAL_SIDE = 768
 
 NO_APT = ("on systems without apt (Windows, macOS) pass --skip-packages and add your own photos with "
           "--folder DIR, or train on a photo folder directly with --data DIR")
@@ -90,7 +91,9 @@ class Options:
     builtin: bool = option(True, "include scikit-image's bundled photographs (chelsea, coffee, camera, page held out)")
     folder: Optional[list[str]] = option(None, "your own photo folders (give the flag once: --folder A B)")
     dead_leaves: int = option(0, "add N procedural dead-leaves images (overlapping discs, power-law radii; train only)")
-    seed: int = option(0, "seed of the dead-leaves images")
+    text_pages: int = option(0, "add N procedural pages of rendered text (OpenCV's stroke fonts, many sizes; "
+                                "train only)")
+    seed: int = option(0, "seed of the procedural images")
     max_side: int = option(1280, "downscale (INTER_AREA, never up) to at most this many pixels on the long side")
     val_fraction: float = option(0.15, "held-out fraction of package and folder photos (by name hash)")
     exclude: list[str] = option(DEFAULT_EXCLUDE, "drop files matching these SOURCE/PATH globs (pass none to "
@@ -435,7 +438,72 @@ def dead_leaves(side: int, rng: np.random.Generator) -> np.ndarray:
     return to_uint8(canvas)
 
 
+# --- text pages --------------------------------------------------------------------------
+
+# OpenCV's built-in stroke fonts: nothing to download, the same on every machine.
+HERSHEY_FACES = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX,
+                 cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_COMPLEX_SMALL)
+TEXT_ALPHABET = "abcdefghijklmnopqrstuvwxyzabcdeeeilmnnorsttu0123456789ABCDEFGHIKLMNOPRST.,:;()-=/"
+TEXT_SUPERSAMPLE = 4
+
+
+def text_page(side: int, rng: np.random.Generator) -> np.ndarray:
+    """A page of rendered text: lines of random words in OpenCV's stroke fonts at many sizes
+    (capitals 5–40 px tall), dark ink on paper or light type on a dark slide, now and then
+    a rule or a box, under a gentle illumination ramp, slightly rotated. Drawn at 4× and
+    reduced with an area filter, so strokes end in the partial pixels a camera's sensor
+    gives them. Documents, slides and screens held up to a webcam are all fine strokes of
+    high contrast on flat ground, which photographs hardly contain."""
+    big = side * TEXT_SUPERSAMPLE
+    dark_ground = rng.random() < 0.25
+    ground = rng.uniform(0.05, 0.3, 3) if dark_ground else rng.uniform(0.72, 0.98) - rng.uniform(0, 0.08, 3)
+    canvas = np.empty((big, big, 3), np.uint8)  # OpenCV draws text on 8-bit images only
+    canvas[:] = np.round(ground * 255)
+    y = int(rng.integers(0, 40 * TEXT_SUPERSAMPLE))
+    while y < big:
+        cap = float(np.exp(rng.uniform(np.log(5.0), np.log(40.0)))) * TEXT_SUPERSAMPLE
+        face = HERSHEY_FACES[int(rng.integers(len(HERSHEY_FACES)))]
+        scale = cap / cv2.getTextSize("H", face, 1.0, 1)[0][1]
+        thickness = max(1, int(round(cap * rng.uniform(0.06, 0.14))))
+        if dark_ground:
+            ink = 255 - rng.uniform(0, 64, 3)
+        elif rng.random() < 0.2:  # coloured type: links, headings, highlighter pens
+            ink = rng.uniform(0, 180, 3)
+        else:
+            ink = np.full(3, rng.uniform(0, 90))
+        lines = int(rng.integers(1, 8))
+        for _ in range(lines):
+            y += int(cap * rng.uniform(1.4, 2.0))
+            if y >= big:
+                break
+            x = int(rng.integers(0, 60 * TEXT_SUPERSAMPLE))
+            if rng.random() < 0.08:
+                cv2.line(canvas, (x, y), (big, y), tuple(map(float, ink)), thickness, cv2.LINE_AA)
+                continue
+            while x < big:
+                word = "".join(rng.choice(list(TEXT_ALPHABET), int(rng.integers(1, 10))))
+                cv2.putText(canvas, word, (x, y), face, scale, tuple(map(float, ink)), thickness, cv2.LINE_AA)
+                x += cv2.getTextSize(word + " ", face, scale, thickness)[0][0]
+        if rng.random() < 0.1:
+            top = max(0, y - int(cap * lines * 2))
+            cv2.rectangle(canvas, (int(rng.integers(0, big // 4)), top), (int(rng.integers(big // 2, big)), y + int(cap)),
+                          tuple(map(float, ink)), thickness, cv2.LINE_AA)
+        y += int(cap * rng.uniform(0.5, 3.0))
+    ramp = np.linspace(-1, 1, big, dtype=np.float32)
+    shade = (1 + rng.uniform(-0.08, 0.08) * ramp[:, None] + rng.uniform(-0.08, 0.08) * ramp[None, :]) / 255
+    canvas = canvas * shade[..., None]
+    angle = float(rng.uniform(-4, 4)) if rng.random() < 0.5 else 0.0
+    if angle:
+        turn = cv2.getRotationMatrix2D((big / 2, big / 2), angle, 1.0)
+        canvas = cv2.warpAffine(canvas, turn, (big, big), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return to_uint8(cv2.resize(canvas, (side, side), interpolation=cv2.INTER_AREA))
+
+
 # --- split and output ---------------------------------------------------------------------
+
+
+def is_procedural(photo: Photo) -> bool:
+    return photo.source.startswith("procedural:")
 
 
 def hash_rank(name: str) -> bytes:
@@ -443,10 +511,10 @@ def hash_rank(name: str) -> bytes:
 
 
 def assign_splits(photos: list[Photo], val_fraction: float) -> None:
-    """scikit-image keeps BUILTIN_VAL held out, dead leaves are trained on, the rest split by
-    name hash (training.data.split_names); then at least MIN_HELD_OUT held out when the
-    corpus is big enough, topped up with the next names by hash."""
-    hashed = [p for p in photos if p.source not in ("scikit-image", "procedural:dead-leaves")]
+    """scikit-image keeps BUILTIN_VAL held out, procedural images are trained on, the rest
+    split by name hash (training.data.split_names); then at least MIN_HELD_OUT held out when
+    the corpus is big enough, topped up with the next names by hash."""
+    hashed = [p for p in photos if p.source != "scikit-image" and not is_procedural(p)]
     _, val = split_names([p.file for p in hashed], val_fraction) if hashed else ([], [])
     val = set(val)
     for p in photos:
@@ -454,7 +522,7 @@ def assign_splits(photos: list[Photo], val_fraction: float) -> None:
             p.split = "val" if p.rel in BUILTIN_VAL else "train"
         else:
             p.split = "val" if p.file in val else "train"
-    real = [p for p in photos if p.source != "procedural:dead-leaves"]
+    real = [p for p in photos if not is_procedural(p)]
     short = MIN_HELD_OUT - sum(p.split == "val" for p in real)
     if len(real) >= MIN_PHOTOS_FOR_HELD_OUT and short > 0:
         for p in sorted((p for p in hashed if p.split == "train"), key=lambda p: hash_rank(p.file))[:short]:
@@ -594,8 +662,8 @@ def build(opts: Options) -> dict:
         raise UsageError(f"--max-side {opts.max_side} is too small; pass at least 64 (default 1280)")
     if not 0 <= opts.val_fraction < 1:
         raise UsageError(f"--val-fraction {opts.val_fraction} must be in [0, 1)")
-    if opts.dead_leaves < 0:
-        raise UsageError("--dead-leaves must be 0 or more")
+    if opts.dead_leaves < 0 or opts.text_pages < 0:
+        raise UsageError("--dead-leaves and --text-pages must be 0 or more")
     sheet = Path(opts.contact_sheet) if opts.contact_sheet else None
     if sheet and out.resolve() in sheet.resolve().parents:
         raise UsageError(f"--contact-sheet {sheet} is inside --out, where training would read it as a "
@@ -620,11 +688,14 @@ def build(opts: Options) -> dict:
     drop_duplicates(photos)
 
     kept = [p for p in photos if p.reason is None]
-    side = min(DEAD_LEAVES_SIDE, opts.max_side)
-    for i in range(opts.dead_leaves):
-        image = dead_leaves(side, np.random.default_rng([opts.seed, i]))
-        kept.append(Photo("procedural:dead-leaves", "dead-leaves", f"{i:04d}", None, licence="generated",
-                          rank=10 ** 6, image=image, original_size=[side, side], preview=resize_to(image, 192)))
+    side = min(PROCEDURAL_SIDE, opts.max_side)
+    for kind, count, draw in (("dead-leaves", opts.dead_leaves, dead_leaves),
+                              ("text-pages", opts.text_pages, text_page)):
+        for i in range(count):
+            # Each kind keyed apart, so adding one kind never changes the other's images.
+            image = draw(side, np.random.default_rng([opts.seed, i] if kind == "dead-leaves" else [opts.seed, i, 1]))
+            kept.append(Photo(f"procedural:{kind}", kind, f"{i:04d}", None, licence="generated",
+                              rank=10 ** 6, image=image, original_size=[side, side], preview=resize_to(image, 192)))
     if not kept:
         raise UsageError("no image was kept; pass --folder DIR with photos (or leave out --skip-packages)")
     name_files(kept)
@@ -642,7 +713,7 @@ def build(opts: Options) -> dict:
     write_atomically(out / "SOURCES.md", sources_md(manifest).encode())
     removed = remove_stale(out, old, {p.file for p in kept})
     if sheet:
-        contact_sheet(photos + [p for p in kept if p.source == "procedural:dead-leaves"], sheet)
+        contact_sheet(photos + [p for p in kept if is_procedural(p)], sheet)
     print(summary(kept, dropped, out, removed, time.monotonic() - started), flush=True)
     return manifest
 
