@@ -163,27 +163,43 @@ def block_edge_contrast(luma, eps=1e-3):
     return torch.log((edge + eps) / (mid + eps))
 
 
+def soft_peak(x):
+    """Each channel's soft maximum over the frame, log(mean(exp(x))): near the largest
+    values where a few stand out, near the mean where none do. Unlike a hard maximum it
+    does not grow with the number of cells, so a 96×96 training crop and a 720p frame
+    give it the same scale. N×C×1×1."""
+    top = x.amax(dim=(2, 3), keepdim=True).detach()  # for exp's range only: the value is exact
+    return top + torch.log(torch.exp(x - top).mean(dim=(2, 3), keepdim=True))
+
+
 class FrameContext(nn.Module):
     """Features averaged over the whole frame, turned into a per-channel offset added
     everywhere: what the frame as a whole says about its camera.
 
     A webcam's softness and noise are the same all over a frame, but a window of a few
     hundred pixels cannot always tell a mildly soft edge from a naturally soft one; the
-    frame's average is a far steadier estimate. `measures` more per-frame numbers (the
-    block-edge contrast) can join the average. The second convolution starts at zero, so
-    the branch starts as no offset at all."""
+    frame's average is a far steadier estimate. With `peaks`, each feature's soft maximum
+    over the frame (`soft_peak`) joins the average: the crispest parts of a frame bound
+    how soft its camera can be, where the average is led by whatever is out of focus (a
+    blurred background, a bokeh shot) or flat. `measures` more per-frame numbers (the
+    block-edge contrast) can join too. The second convolution starts at zero, so the
+    branch starts as no offset at all."""
 
-    def __init__(self, channels, measures=0):
+    def __init__(self, channels, measures=0, peaks=False):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels + measures, channels, 1)
+        self.peaks = peaks
+        self.conv1 = nn.Conv2d(channels * (2 if peaks else 1) + measures, channels, 1)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x, measures=None):
-        average = x.mean(dim=(2, 3), keepdim=True)
+        summary = [x.mean(dim=(2, 3), keepdim=True)]
+        if self.peaks:
+            summary.append(soft_peak(x))
         if measures is not None:
-            average = torch.cat([average, measures], dim=1)
-        return x + self.conv2(self.relu(self.conv1(average)))
+            summary.append(measures)
+        summary = summary[0] if len(summary) == 1 else torch.cat(summary, dim=1)
+        return x + self.conv2(self.relu(self.conv1(summary)))
 
 
 class ResidualUNet(nn.Module):
@@ -201,7 +217,7 @@ class ResidualUNet(nn.Module):
 
     def __init__(self, widths, blocks, unshuffle, head_kernel, global_residual, bands=(),
                  luma_input=False, band_energy=False, frame_context=False, stem_kernel=3,
-                 block_edges=False, in_channels=3, preset=None):
+                 block_edges=False, context_peaks=False, in_channels=3, preset=None):
         super().__init__()
         if len(widths) != len(blocks) or len(widths) < 1:
             raise ValueError("widths and blocks need one entry per stage")
@@ -212,7 +228,7 @@ class ResidualUNet(nn.Module):
                            global_residual=global_residual, bands=list(bands),
                            luma_input=luma_input, band_energy=band_energy,
                            frame_context=frame_context, stem_kernel=stem_kernel,
-                           block_edges=block_edges, in_channels=in_channels)
+                           block_edges=block_edges, context_peaks=context_peaks, in_channels=in_channels)
         self.global_residual = global_residual
         if (bands or luma_input) and in_channels != 3:
             raise ValueError("luma bands and luma input need RGB images (in_channels=3)")
@@ -222,6 +238,8 @@ class ResidualUNet(nn.Module):
             raise ValueError("luma_input and band_energy need bands: they are features of the bands")
         if block_edges and not (bands and frame_context):
             raise ValueError("block_edges is a per-frame measure of the luma: it needs bands and frame_context")
+        if context_peaks and not frame_context:
+            raise ValueError("context_peaks is part of the frame context: it needs frame_context")
         self.block_edges = block_edges
         self.luma_input = luma_input
         stem_channels = (1 if luma_input else in_channels) * unshuffle * unshuffle
@@ -238,7 +256,8 @@ class ResidualUNet(nn.Module):
                 nn.ReLU(inplace=True),
                 *[ResidualBlock(width) for _ in range(count)],
             ))
-        self.context = FrameContext(widths[-1], measures=1 if block_edges else 0) if frame_context else None
+        self.context = (FrameContext(widths[-1], measures=1 if block_edges else 0, peaks=context_peaks)
+                        if frame_context else None)
         self.decoders = nn.ModuleList(
             DecoderStage(widths[i + 1], widths[i], blocks[i]) for i in reversed(range(len(widths) - 1))
         )

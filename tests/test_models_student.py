@@ -10,7 +10,7 @@ from torch import nn
 from models import (STUDENT_PRESETS, CheckpointError, build_student, load_checkpoint,
                     load_student, save_checkpoint)
 from models.__main__ import gflop
-from models.student import SpaceToDepth, block_edge_contrast
+from models.student import SpaceToDepth, block_edge_contrast, soft_peak
 from training import degrade
 
 
@@ -303,3 +303,37 @@ def test_block_edges_feed_the_frame_context_and_start_as_the_identity():
         model.context.conv1.weight[:, -1] = 0
         blind = model(frame)
     assert (measured - blind).abs().max().item() > 1e-4
+
+
+def test_soft_peak_lies_between_mean_and_max_and_keeps_its_scale_on_bigger_frames():
+    x = torch.randn(2, 5, 6, 6, generator=torch.Generator().manual_seed(0)) * 3
+    peak = soft_peak(x)
+    assert peak.shape == (2, 5, 1, 1)
+    assert (peak >= x.mean(dim=(2, 3), keepdim=True)).all() and (peak <= x.amax(dim=(2, 3), keepdim=True)).all()
+    # More cells of the same content: a hard maximum keeps growing (about 4 for 40,000
+    # standard normal cells), the soft peak settles where the distribution puts it
+    # (log E[exp(z)] = 1/2), as it would over a 96×96 crop's cells and a 720p frame's.
+    cells = torch.randn(1, 1, 200, 200, generator=torch.Generator().manual_seed(1))
+    assert cells.max().item() > 3.5 and abs(soft_peak(cells).item() - 0.5) < 0.05
+    assert torch.allclose(soft_peak(torch.full((1, 2, 4, 4), 7.0)), torch.full((1, 2, 1, 1), 7.0))
+    # One cell far above the rest leads it; the mean barely moves.
+    spike = torch.zeros(1, 1, 8, 8)
+    spike[..., 3, 3] = 20.0
+    assert soft_peak(spike).item() > 15 and spike.mean().item() < 0.5
+
+
+def test_context_peaks_join_the_frame_context_and_start_as_the_identity():
+    with pytest.raises(ValueError, match="needs frame_context"):
+        build_student("realtime", frame_context=False, block_edges=False, context_peaks=True)
+    untrained = build_student("realtime", context_peaks=True)
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(untrained(x), x)
+    model = randomised(build_student("realtime", context_peaks=True))
+    width = model.context.conv2.out_channels
+    assert model.context.conv1.in_channels == 2 * width + 1  # average, peaks, block edges
+    with torch.no_grad():
+        with_peaks = model(x)
+        model.context.conv1.weight[:, width:2 * width] = 0
+        without = model(x)
+    assert (with_peaks - without).abs().max().item() > 1e-4
