@@ -689,11 +689,11 @@ def build(opts: Options) -> dict:
 
     kept = [p for p in photos if p.reason is None]
     side = min(PROCEDURAL_SIDE, opts.max_side)
-    for kind, count, draw in (("dead-leaves", opts.dead_leaves, dead_leaves),
-                              ("text-pages", opts.text_pages, text_page)):
+    # Each kind has its own random stream, so adding one kind never changes the other's images.
+    for kind, count, draw, stream in (("dead-leaves", opts.dead_leaves, dead_leaves, []),
+                                      ("text-pages", opts.text_pages, text_page, [1])):
         for i in range(count):
-            # Each kind keyed apart, so adding one kind never changes the other's images.
-            image = draw(side, np.random.default_rng([opts.seed, i] if kind == "dead-leaves" else [opts.seed, i, 1]))
+            image = draw(side, np.random.default_rng([opts.seed, i, *stream]))
             kept.append(Photo(f"procedural:{kind}", kind, f"{i:04d}", None, licence="generated",
                               rank=10 ** 6, image=image, original_size=[side, side], preview=resize_to(image, 192)))
     if not kept:

@@ -145,16 +145,18 @@ def degrade_for(preset: str, image: np.ndarray, rng: np.random.Generator) -> tup
     frame the student gets in sharpcam."""
     if preset == "clean":
         return image, image
+    sharp = image
     if preset == "seed":
         # The original protocol: the whole photo resized to 256×256, then σ 0.5.
-        small = cv2.resize(image, (SEED_PROTOCOL_SIZE, SEED_PROTOCOL_SIZE), interpolation=cv2.INTER_AREA)
-        return degrade.camera_frame(degrade.seed_preset(small, rng)), small
-    if preset == "webcam":
+        sharp = cv2.resize(image, (SEED_PROTOCOL_SIZE, SEED_PROTOCOL_SIZE), interpolation=cv2.INTER_AREA)
+        degraded = degrade.seed_preset(sharp, rng)
+    elif preset == "webcam":
         degraded = degrade.webcam_preset(image, rng)
         while degraded is image:  # an untouched frame is the clean row's job
             degraded = degrade.webcam_preset(image, rng)
-        return degrade.camera_frame(degraded), image
-    return degrade.camera_frame(degrade.component(preset)(image, rng)), image
+    else:
+        degraded = degrade.component(preset)(image, rng)
+    return degrade.camera_frame(degraded), sharp
 
 
 # The realistic mix draws one random chain per sample: with 8 held-out photos one draw
