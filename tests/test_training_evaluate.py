@@ -171,3 +171,47 @@ def test_a_missing_student_names_the_option_to_fix(tmp_path):
         evaluate.main(["--student", str(tmp_path / "none.onnx"), "--out", str(tmp_path / "e")])
     message = str(stop.value)
     assert message.startswith("error: --student ") and "none.onnx" in message and "\n" not in message
+
+
+def _row(input_db, unsharp_db, tuned_db, student_db):
+    return {"input": {"psnr": input_db, "ssim": 0.9}, "unsharp": {"psnr": unsharp_db, "ssim": 0.9},
+            "unsharp_tuned": {"psnr": tuned_db, "ssim": 0.9}, "student_onnx": {"psnr": student_db, "ssim": 0.9}}
+
+
+def test_release_bars_hold_each_row_to_its_own_baseline():
+    table = {
+        "clean": _row(100.0, 40.8, 100.0, 39.9),          # under the 40 dB floor
+        "webcam": _row(34.0, 34.5, 34.6, 34.55),          # past the fixed mask, not the tuned one
+        "gaussian_mild": _row(37.7, 40.4, 41.7, 41.8),    # past the tuned mask
+        "gaussian": _row(33.3, 34.1, 36.0, 34.2),         # past the fixed mask is enough here
+        "motion_mild": _row(34.6, 35.32, 35.5, 35.32),    # a tie with the fixed mask is no win
+        "jpeg_mild": _row(38.37, 35.2, 38.37, 38.368),    # a tie with the input is no harm
+        "noise": _row(26.0, 22.8, 26.0, 25.9),            # worse than the input
+    }
+    bars = {b["row"]: b for b in evaluate.release_bars(table)}
+    assert {row: b["met"] for row, b in bars.items()} == {
+        "clean": False, "webcam": False, "gaussian_mild": True, "gaussian": True,
+        "motion_mild": False, "jpeg_mild": True, "noise": False}
+    assert bars["webcam"]["baseline"] == 34.6 and bars["gaussian"]["baseline"] == 34.1
+    assert abs(bars["noise"]["margin"] + 0.1) < 1e-9
+
+
+def test_the_noisy_clip_bar_needs_sharper_edges_and_no_more_flicker():
+    clip = lambda flicker, edges: {"static_flicker": flicker, "static_edge_contrast": edges}
+    table = {"gaussian": _row(33.3, 34.1, 36.0, 34.2)}
+    def met(student):
+        bars = evaluate.release_bars(table, {"input": clip(8.0, 0.74), "student_onnx": student})
+        return [b["met"] for b in bars if b["row"] == "noisy still clip"]
+    assert met(clip(4.0, 0.80)) == [True]
+    assert met(clip(9.0, 0.80)) == [False]   # sharper, but flickers more than the input
+    assert met(clip(4.0, 0.74)) == [False]   # calm, but no sharper
+    assert len(evaluate.release_bars(table)) == 1  # no clip measured, no clip bar
+
+
+def test_the_report_lists_every_bar_and_what_was_missed():
+    table = {"gaussian_mild": _row(37.7, 40.4, 41.7, 41.5), "jpeg": _row(34.65, 33.0, 34.65, 34.7)}
+    report = dict(table=table, crop=0, images=8, source="folder", presets={}, unsharp_tuned_amounts={},
+                  bars=evaluate.release_bars(table))
+    text = evaluate.report_markdown(report)
+    assert "Release bars (student, ONNX): 1 of 2 met; missed: gaussian_mild." in text
+    assert "| gaussian_mild | > tuned unsharp mask | 41.70 | 41.50 | -0.20 | **no** |" in text
