@@ -3,7 +3,8 @@
 Each command declares ``@dataclass class Options`` with typed fields; the field's
 ``metadata["help"]`` is its help text. ``bool`` fields get ``--x/--no-x``; list
 fields take several values; ``Optional[...]`` fields default to None. A field with
-``positional=True`` is a positional argument (required unless it has a default), and
+``positional=True`` is a positional argument (required unless it has a default; a list
+field takes one or more values), and
 ``short="-o"`` adds a short flag.
 """
 from __future__ import annotations
@@ -40,6 +41,10 @@ def parse_options(cls, argv=None, description: str | None = None):
         tp = _base_type(hints[field.name])
         if field.metadata.get("positional"):
             required = field.default is dataclasses.MISSING
+            if typing.get_origin(tp) in (list, tuple):  # one or more values, all required
+                parser.add_argument(field.name, type=typing.get_args(tp)[0], nargs="+",
+                                    help=field.metadata.get("help", ""), metavar=field.metadata.get("metavar"))
+                continue
             parser.add_argument(field.name, type=tp, help=field.metadata.get("help", ""),
                                 metavar=field.metadata.get("metavar"),
                                 **({} if required else dict(nargs="?", default=field.default)))
