@@ -113,3 +113,24 @@ def test_webcam_compressed_leaves_a_tenth_in_focus_but_compressed():
                 in_focus_changed[name] += 1
     assert in_focus_changed["webcam"] == 0  # every frame that `webcam` touches is softened
     assert 0.05 * n <= in_focus_changed["webcam-compressed"] <= 0.16 * n  # 10 %
+
+
+def test_the_anchored_fine_tunes_halves_one_never_compressed_one_always(monkeypatch):
+    img = textured(96, 96)
+    sharp_energy = high_freq_energy(img)
+    calls = []
+    jpeg = degrade.jpeg
+    monkeypatch.setattr(degrade, "jpeg", lambda image, rng, quality=None: calls.append(quality) or
+                        jpeg(image, rng, quality))
+    n = 200
+    for seed in range(n):
+        degrade.PRESETS["webcam-uncompressed"](img, np.random.default_rng(seed))
+    assert calls == []  # the camera's raw stream: never the codec
+    in_focus = 0
+    for seed in range(n):
+        out = degrade.PRESETS["compressed"](img, np.random.default_rng(seed))
+        assert len(calls) == seed + 1  # the codec, once per frame
+        if high_freq_energy(out) >= 0.99 * sharp_energy:
+            in_focus += 1
+            assert 50 <= calls[-1] <= 85  # in focus: a quality whose 8×8 blocks show
+    assert 0.5 * n <= in_focus <= 0.7 * n  # 60 %

@@ -449,3 +449,57 @@ def test_teacher_ensemble_labels_the_cache_with_the_mean_over_flips_and_rotation
         single, ensembled = network(pool["inputs"]).clamp(0, 1), self_ensemble(network, pool["inputs"]).clamp(0, 1)
     assert torch.allclose(pool["teacher"], ensembled, atol=1e-5)
     assert not torch.allclose(pool["teacher"], single, atol=1e-5)  # the tiny teacher is not symmetric
+
+
+def test_anchored_crops_are_labelled_by_the_anchor_and_the_others_by_the_sharp_photo():
+    from training.loop import Objective
+    cpu = torch.device("cpu")
+    degraded = torch.rand(2, 3, 16, 16)
+    sharp = torch.rand(2, 3, 16, 16)
+
+    class Halver(torch.nn.Module):
+        def forward(self, x):
+            return x / 2
+    kept = torch.tensor([1.0, 0.0]).view(2, 1, 1, 1)
+    objective = Objective(anchor=Halver())
+    # Predicting the anchor's output on crop 0 and the sharp photo on crop 1 costs nothing...
+    exact = torch.stack([degraded[0] / 2, sharp[1]])
+    assert float(objective.losses(exact, (degraded, sharp, kept), cpu, False)["loss"]) == 0.0
+    # ... and the sharp photo on crop 0 is an error the size of its distance to the anchor's output.
+    wrong = sharp.clone()
+    expected = float((sharp[0] - degraded[0] / 2).abs().mean()) / 2
+    assert float(objective.losses(wrong, (degraded, sharp, kept), cpu, False)["loss"]) == pytest.approx(expected)
+
+
+def test_anchored_fine_tune_builds_both_halves_of_its_pool_and_learns_from_the_corrected_crops(
+        image_dir, tmp_path, monkeypatch):
+    from sharpcam import DEFAULT_MODEL
+    pools = []
+    concatenate = datasets.CropPool.concatenate
+    monkeypatch.setattr(datasets.CropPool, "concatenate",
+                        classmethod(lambda cls, parts, seed=0: pools.append(parts) or concatenate(parts, seed)))
+    distill.main(["--data", str(image_dir), "--crop", "64", "--batch-size", "4", "--device", "cpu", "--alpha", "1",
+                  "--beta", "0", "--pool", "16", "--max-steps", "6", "--epochs", "10", "--lr", "1e-3",
+                  "--init", "shipped", "--anchor", "shipped", "--degradation", "webcam-uncompressed",
+                  "--correct", "compressed", "--correct-share", "0.25", "--out", str(tmp_path / "o")])
+    kept, corrected = pools[0]
+    assert (len(kept), len(corrected)) == (12, 4)
+    assert bool((kept.parts[2] == 255).all()) and bool((corrected.parts[2] == 0).all())  # the flag, as uint8
+    shipped = load_student(DEFAULT_MODEL).state_dict()
+    weights = load_student(tmp_path / "o" / "student.pt").state_dict()
+    assert max(float((weights[k] - shipped[k]).abs().max()) for k in shipped) > 1e-4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--anchor", "shipped", "--correct", "compressed"], "--anchor fine-tunes on pooled crops"),
+    (["--anchor", "shipped", "--pool", "8"], "--anchor needs --correct"),
+    (["--correct", "compressed", "--pool", "8"], "--correct only applies beside --anchor"),
+    (["--anchor", "shipped", "--correct", "compressed", "--pool", "8", "--correct-share", "1"],
+     "--correct-share 1.0 must be between 0 and 1"),
+    (["--anchor", "shipped", "--correct", "compressed", "--pool", "8", "--correct-share", "0.01"],
+     "leaves one side without crops"),
+])
+def test_anchored_fine_tune_options_are_checked_in_one_line(image_dir, tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        distill.main(["--data", str(image_dir), "--out", str(tmp_path / "o"), "--crop", "64", "--beta", "0",
+                      "--device", "cpu", "--max-steps", "1", *args])

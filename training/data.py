@@ -302,6 +302,11 @@ class CropPool(Dataset):
                  for j in range(len(samples[0]))]
         return cls(parts, seed)
 
+    @classmethod
+    def concatenate(cls, pools: Sequence["CropPool"], seed: int = 0) -> "CropPool":
+        """One pool holding every crop of `pools` (items of the same shape)."""
+        return cls([torch.cat(parts) for parts in zip(*(pool.parts for pool in pools))], seed)
+
     def __len__(self) -> int:
         return len(self.parts[0])
 
@@ -313,6 +318,21 @@ class CropPool(Dataset):
             x = torch.rot90(part[int(key) % len(self)], k, dims=(1, 2))
             out.append((x.flip(2) if flip else x).float().div_(255))
         return tuple(out)
+
+
+class Flagged(Dataset):
+    """Each item of `dataset` with one more tensor, a 1×1×1 `flag` (0 or 1): which part of
+    a mixed pool a crop came from, riding along through flips and rotations (the
+    anchored fine-tune's ``kept``, `loop.Objective`)."""
+
+    def __init__(self, dataset: Dataset, flag: float):
+        self.dataset, self.flag = dataset, float(flag)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int):
+        return (*self.dataset[key], torch.full((1, 1, 1), self.flag))
 
 
 def epoch_keys(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:

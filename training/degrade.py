@@ -4,8 +4,9 @@ Every degradation is a pure function ``f(image, rng, **strength) -> image`` on a
 H×W×3 float32 RGB array in [0, 1]; strengths not given are drawn from ``rng`` (a
 ``numpy.random.Generator``), so the same seed always gives the same output.
 Presets chain them: ``webcam`` (the default: what laptop webcams and calls do, mostly
-mild), ``harsh`` (strong blur and low-light noise) and ``seed`` (the original project's
-σ 0.5 blur). ``COMPONENTS`` fixes a mild and a moderate strength per degradation so
+mild), ``harsh`` (strong blur and low-light noise), ``seed`` (the original project's
+σ 0.5 blur), and the halves of an anchored fine-tune: ``webcam-uncompressed`` (kept) and
+``compressed`` (corrected). ``COMPONENTS`` fixes a mild and a moderate strength per degradation so
 evaluation can report each one on its own.
 """
 from __future__ import annotations
@@ -189,8 +190,33 @@ def webcam_preset(image: Image, rng: np.random.Generator) -> Image:
     return _webcam_chain(image, rng, in_focus_compressed=0.0)
 
 
-def _webcam_chain(image: Image, rng: np.random.Generator, in_focus_compressed: float) -> Image:
-    if rng.random() < UNTOUCHED_SHARE:
+def webcam_uncompressed_preset(image: Image, rng: np.random.Generator) -> Image:
+    """`webcam` without its codec: softness, scaling and noise, never JPEG (a camera's raw
+    stream). What an anchored fine-tune keeps (`distill --anchor`): on these frames the
+    student it starts from is already trusted."""
+    return _webcam_chain(image, rng, in_focus_compressed=0.0, codec=False)
+
+
+COMPRESSED_IN_FOCUS_SHARE = 0.6
+
+
+def compressed_preset(image: Image, rng: np.random.Generator) -> Image:
+    """Every frame through the codec: 60 % in focus at JPEG 50–85 (a quarter with daylight
+    noise first), the rest softened by the `webcam` chain and then JPEG 50–95. Compression
+    that a student must not mistake for blur, beside the compressed soft frames that
+    still want sharpening; at JPEG 50–85 the blocks show (`block_edge_contrast`)."""
+    if rng.random() < COMPRESSED_IN_FOCUS_SHARE:
+        out = image
+        if rng.random() < 0.25:
+            out = sensor_noise(out, rng, photons=log_uniform(rng, 600.0, 4000.0),
+                               read_sigma=float(rng.uniform(0.0, 0.004)))
+        return jpeg(out, rng, quality=int(rng.integers(50, 86)))
+    return _webcam_chain(image, rng, in_focus_compressed=0.0, untouched=False, codec_share=1.0)
+
+
+def _webcam_chain(image: Image, rng: np.random.Generator, in_focus_compressed: float, codec: bool = True,
+                  untouched: bool = True, codec_share: float = 0.5) -> Image:
+    if untouched and rng.random() < UNTOUCHED_SHARE:
         return image
     if in_focus_compressed and rng.random() < in_focus_compressed:  # no draw at 0: `webcam` stays as it was
         # In focus, then the sensor and the codec: compression that a student must not
@@ -215,7 +241,7 @@ def _webcam_chain(image: Image, rng: np.random.Generator, in_focus_compressed: f
     if rng.random() < 0.25:
         out = sensor_noise(out, rng, photons=log_uniform(rng, 600.0, 4000.0),
                            read_sigma=float(rng.uniform(0.0, 0.004)))
-    if rng.random() < 0.5:
+    if codec and rng.random() < codec_share:
         out = jpeg(out, rng, quality=int(rng.integers(50, 96)))
     return out
 
@@ -255,7 +281,8 @@ def harsh_preset(image: Image, rng: np.random.Generator) -> Image:
 
 
 PRESETS: dict[str, Degradation] = {"webcam": webcam_preset, "webcam-compressed": webcam_compressed_preset,
-                                   "harsh": harsh_preset, "seed": seed_preset}
+                                   "webcam-uncompressed": webcam_uncompressed_preset,
+                                   "compressed": compressed_preset, "harsh": harsh_preset, "seed": seed_preset}
 
 
 def get_preset(name: str) -> Degradation:

@@ -11,7 +11,10 @@ fixed pool of crops once and reuses it, and ``--pool N`` (ground truth alone) de
 crops once, so the loop is compute-bound. The recipe that made the shipped student
 (warm-up + cosine schedule, clipping) is in MODEL_CARD.md. ``--int8-aware`` fine-tunes
 through a simulation of ``training.quantize``'s INT8 rounding, so the INT8 model that
-is made from the result loses less to it. Validation PSNR/SSIM on
+is made from the result loses less to it. ``--anchor STUDENT --correct PRESET`` fine-tunes
+without forgetting: the --degradation crops are labelled by the frozen STUDENT's own
+output, the --correct crops by the sharp photo, so only what the latter teach changes
+(the JPEG round in MODEL_CARD.md). Validation PSNR/SSIM on
 held-out files each epoch (or ``--eval-every``). Resumable (``--resume``), DDP under ``torchrun``. Writes OUT/student.pt,
 OUT/student.onnx (parity checked), OUT/metrics.json, OUT/log.jsonl, OUT/loss.png.
 """
@@ -30,7 +33,7 @@ from tqdm import tqdm
 from models import CheckpointError, STUDENT_PRESETS, build_student, load_restormer, load_student
 from sharpcam import DEFAULT_MODEL
 from training import data as datasets
-from training import distributed, loop, teacher_cache
+from training import degrade, distributed, loop, teacher_cache
 from training.teacher_labels import TeacherLabels
 from training.errors import UsageError
 from training.export import ExportError, export_student
@@ -83,6 +86,12 @@ class Options(loop.LoopOptions):
     cache_pool: int = option(256, "number of crops the teacher labels for the cache")
     eval_every: int = option(0, "validate every N steps (0: once per epoch, and at the end)")
     ckpt_every: int = option(200, "write OUT/last.pt every N steps")
+    anchor: Optional[str] = option(None, "fine-tune without forgetting: crops of --degradation are labelled "
+                                   "by this frozen student's own output (a student.pt, a student .onnx, "
+                                   "or 'shipped'), crops of --correct by the sharp photo; needs --pool")
+    correct: Optional[str] = option(None, "with --anchor: the degradation preset whose crops teach the "
+                                    "student something new", choices=sorted(degrade.PRESETS))
+    correct_share: float = option(0.5, "with --anchor: the share of the pool drawn from --correct")
     int8_aware: bool = option(False, "train (in fp32) through a simulation of training.quantize's INT8 "
                                      "rounding (ranges calibrated on the first training crops), so the "
                                      "INT8 model loses less; for fine-tuning with --init")
@@ -171,6 +180,15 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     if opts.crop % 32:
         raise UsageError(f"--crop {opts.crop} must be a multiple of 32 (the student's size multiple)")
     alpha, beta = (0.0, 1.0) if opts.unpaired else (opts.alpha, opts.beta)
+    if opts.anchor and (not opts.pool or beta > 0 or opts.paired or opts.unpaired):
+        raise UsageError("--anchor fine-tunes on pooled crops of sharp photos against ground truth: "
+                         "pass --pool N and --beta 0, without --paired or --unpaired")
+    if opts.anchor and not opts.correct:
+        raise UsageError("--anchor needs --correct PRESET: the crops that teach the student something new")
+    if opts.correct and not opts.anchor:
+        raise UsageError("--correct only applies beside --anchor STUDENT; pass both, or neither")
+    if opts.anchor and not 0 < opts.correct_share < 1:
+        raise UsageError(f"--correct-share {opts.correct_share} must be between 0 and 1 (a share of the pool)")
 
     # --- data -------------------------------------------------------------------------
     source = datasets.load_source(data=opts.data, paired=opts.paired, unpaired=opts.unpaired,
@@ -191,11 +209,33 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         teacher = TeacherLabels(teacher, tile=max(256, opts.crop), ensemble=opts.teacher_ensemble,
                                 batch_size=opts.batch_size)
     student = build_student_from_options(opts).to(device)
+    anchor = None
+    if opts.anchor:
+        try:
+            anchor = load_student(DEFAULT_MODEL if opts.anchor == "shipped" else opts.anchor, device=device)
+        except CheckpointError as e:
+            raise UsageError(f"--anchor: {e}") from None
+        for p in anchor.parameters():
+            p.requires_grad_(False)
     optimizer = torch.optim.Adam(student.parameters(), lr=opts.lr)
 
     cached = opts.teacher_cache is not None and beta > 0
     if cached:
         train_set = labelled_pool(opts, runtime, source, train_set, teacher, teacher_path)
+    elif anchor is not None:
+        corrected = round(opts.pool * opts.correct_share)
+        if not 0 < corrected < opts.pool:
+            raise UsageError(f"--pool {opts.pool} at --correct-share {opts.correct_share} leaves one side "
+                             "without crops; raise --pool")
+        if runtime.is_main:
+            print(f"degrading a pool of {opts.pool - corrected} {opts.degradation} crops kept at the anchor's "
+                  f"output and {corrected} {opts.correct} crops against the sharp photo, once", file=sys.stderr)
+        correct_set = datasets.train_dataset(source, crop=opts.crop, degradation=opts.correct,
+                                             seed=opts.seed + 1, crops_per_image=opts.crops_per_image)
+        train_set = datasets.CropPool.concatenate(
+            [datasets.CropPool.build(datasets.Flagged(train_set, 1.0), opts.pool - corrected, seed=opts.seed),
+             datasets.CropPool.build(datasets.Flagged(correct_set, 0.0), corrected, seed=opts.seed + 1)],
+            seed=opts.seed)
     elif opts.pool:
         if runtime.is_main:
             print(f"degrading a pool of {opts.pool} crops once", file=sys.stderr)
@@ -222,7 +262,8 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
 
     # --- loop: α · L1 against the sharp image + β · L1 against the teacher [+ γ · relative MSE]
     objective = loop.Objective(alpha=alpha, beta=beta, teacher=None if cached else teacher,
-                               has_sharp=source.kind != "unpaired", mse=opts.mse, mse_floor=opts.mse_floor)
+                               has_sharp=source.kind != "unpaired", mse=opts.mse, mse_floor=opts.mse_floor,
+                               anchor=anchor)
     # The validation baseline runs the teacher even when its labels come from the cache.
     validation = loop.prepare_validation(val_batch, teacher=teacher, has_sharp=objective.has_sharp,
                                          runtime=runtime, batch_size=opts.batch_size, bf16=bf16,
@@ -243,7 +284,8 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         check = next((im for im in source.val_images if isinstance(im, np.ndarray)
                       and im.shape[0] >= 64 and im.shape[1] >= 96), None)
         final = outcome.final
-        onnx_meta = dict(command="distill", step=outcome.steps, init=opts.init, teacher=teacher_name,
+        onnx_meta = dict(command="distill", step=outcome.steps, init=opts.init, anchor=opts.anchor,
+                         correct=opts.correct, teacher=teacher_name,
                          data=source.kind, degradation=opts.degradation, alpha=alpha, beta=beta,
                          val_psnr=final["psnr"] if final else None, val_ssim=final["ssim"] if final else None,
                          int8_aware=opts.int8_aware)

@@ -85,6 +85,11 @@ class Objective:
     A batch is ``(input, sharp)``, or ``(input,)`` without ground truth; with a teacher
     cache the label rides along as the batch's last tensor, otherwise ``teacher`` makes it.
 
+    With an ``anchor`` (a frozen student) a batch is ``(input, sharp, kept)``: for each
+    crop whose ``kept`` is 1 the "sharp" label is the anchor's own output instead, so
+    those crops pull the student towards what the anchor does there and only the others
+    (``kept`` 0, labelled by the sharp photo) teach it anything new.
+
     ``mse`` γ > 0 adds each crop's squared error relative to its input's,
     MSE(prediction, sharp) / (MSE(input, sharp) + ε²), averaged over crops (ε =
     ``mse_floor``). Pooled errors let the strongly degraded crops, whose errors are ten
@@ -97,6 +102,7 @@ class Objective:
     has_sharp: bool = True
     mse: float = 0.0
     mse_floor: float = 0.005
+    anchor: Optional[torch.nn.Module] = None
 
     def relative_mse(self, prediction, degraded, sharp) -> torch.Tensor:
         error = ((prediction - sharp) ** 2).mean(dim=(1, 2, 3))
@@ -108,6 +114,10 @@ class Objective:
         sharp, relative = zero, zero
         if self.has_sharp:
             target = batch[1].to(device, non_blocking=True)
+            if self.anchor is not None:
+                with torch.no_grad():
+                    kept = self.anchor(batch[0].to(device, non_blocking=True)).float()
+                target = torch.lerp(target, kept, batch[2].to(device, non_blocking=True))
             sharp = F.l1_loss(prediction, target)
             if self.mse > 0:
                 relative = self.relative_mse(prediction, batch[0].to(device, non_blocking=True), target)
