@@ -24,7 +24,7 @@ from sharpcam.sharpen import UNSHARP_AMOUNT
 from training import data as datasets
 from training import flicker
 from training.errors import UsageError, reported_as_exit
-from training.evaluate import PRESETS, evaluate_rows, release_bars, sharpcam_restorer, unsharp_restorer
+from training.evaluate import PRESETS, evaluate_rows, release_bars, sharpcam_restorer
 from training.options import option, parse_options
 from training.runlog import write_json
 
@@ -89,7 +89,7 @@ def run(opts: Options) -> dict:
     started = time.time()
     try:
         table, amounts = evaluate_rows(images, 0, opts.seed, names, rows)
-        steadiness = (flicker.measure(images, dict(names), opts.seed) if opts.flicker else None)
+        steadiness = flicker.measure(images, names, opts.seed) if opts.flicker else None
     except ModelError as e:
         raise UsageError(f"a candidate failed on a training photo: {e}") from None
     results = []

@@ -5,9 +5,9 @@ H×W×3 float32 RGB array in [0, 1]; strengths not given are drawn from ``rng`` 
 ``numpy.random.Generator``), so the same seed always gives the same output.
 Presets chain them: ``webcam`` (the default: what laptop webcams and calls do, mostly
 mild), ``harsh`` (strong blur and low-light noise), ``seed`` (the original project's
-σ 0.5 blur), and the halves of an anchored fine-tune: ``webcam-uncompressed`` (kept) and
-``compressed`` (corrected). ``COMPONENTS`` fixes a mild and a moderate strength per degradation so
-evaluation can report each one on its own.
+σ 0.5 blur), and the two halves of an anchored fine-tune: ``webcam-uncompressed`` (kept)
+and ``compressed`` (corrected). ``COMPONENTS`` fixes a mild and a moderate strength per
+degradation so evaluation can report each one on its own.
 """
 from __future__ import annotations
 
