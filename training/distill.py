@@ -119,11 +119,15 @@ def lr_factor(step: int, total_steps: int, opts: Options) -> float:
     return warmup_cosine(step, total_steps, opts.warmup, opts.min_lr / opts.lr)
 
 
+def student_path(name: str) -> str:
+    """A student file named on the command line; 'shipped' is the one sharpcam ships."""
+    return DEFAULT_MODEL if name == "shipped" else name
+
+
 def build_student_from_options(opts: Options) -> torch.nn.Module:
     if opts.init:
-        path = DEFAULT_MODEL if opts.init == "shipped" else opts.init
         try:
-            return load_student(path).train()
+            return load_student(student_path(opts.init)).train()
         except CheckpointError as e:
             raise UsageError(f"--init: {e}") from None
     overrides = {}
@@ -212,7 +216,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     anchor = None
     if opts.anchor:
         try:
-            anchor = load_student(DEFAULT_MODEL if opts.anchor == "shipped" else opts.anchor, device=device)
+            anchor = load_student(student_path(opts.anchor), device=device)
         except CheckpointError as e:
             raise UsageError(f"--anchor: {e}") from None
         for p in anchor.parameters():
