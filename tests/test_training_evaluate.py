@@ -46,6 +46,28 @@ def test_rows_hold_every_preset_with_both_unsharp_masks():
     assert table["seed"]["input"]["psnr"] < 100 and table["clean"]["unsharp_tuned"]["psnr"] == 100
 
 
+def block_edge_contrast(image):
+    """log(mean luma step across the 8×8 grid's rows / across the blocks' middles)."""
+    y = image @ np.array([0.299, 0.587, 0.114])
+    return np.log((np.abs(y[8::8] - y[7:-1:8]).mean() + 1e-3) / (np.abs(y[4::8] - y[3:-1:8]).mean() + 1e-3))
+
+
+def test_the_camera_sharp_row_is_the_photo_in_focus_with_faint_noise_and_its_codec():
+    import cv2
+    rng = np.random.default_rng(0)
+    # Smooth, so no edge of its own falls on the 8×8 grid: the grid is all the codec's.
+    photo = (0.2 + 0.6 * cv2.resize(rng.random((5, 7, 3)), (128, 96), interpolation=cv2.INTER_CUBIC)
+             .clip(0, 1)).astype(np.float32)
+    degraded, sharp = evaluate.degrade_for("camera_sharp", photo, np.random.default_rng(1))
+    assert sharp is photo  # nothing softened or resized: the photo itself is the answer
+    assert np.array_equal(degraded * 255, np.round(degraded * 255))  # an 8-bit frame
+    noisy_only = evaluate.degrade.camera_frame(evaluate.degrade.sensor_noise(
+        photo, np.random.default_rng(1), photons=evaluate.degrade.CAMERA_SHARP_PHOTONS, read_sigma=0.0))
+    assert block_edge_contrast(degraded) > 0.15 > block_edge_contrast(noisy_only)  # through the codec
+    compressed_only = evaluate.degrade.jpeg(photo, None, quality=evaluate.degrade.CAMERA_SHARP_QUALITY)
+    assert 40 < psnr(photo, degraded) < psnr(photo, compressed_only)  # faint, and noise on top of the codec
+
+
 def test_flicker_is_zero_for_a_constant_video_and_grows_with_noise():
     flat = np.ones((48, 64), bool)
     still = [np.full((48, 64, 3), 0.4, np.float32)] * 5
@@ -181,6 +203,7 @@ def _row(input_db, unsharp_db, tuned_db, student_db):
 def test_release_bars_hold_each_row_to_its_own_baseline():
     table = {
         "clean": _row(100.0, 40.8, 100.0, 39.9),          # under the 40 dB floor
+        "camera_sharp": _row(43.7, 41.9, 43.7, 42.0),     # past the fixed mask, yet worse than the input
         "webcam": _row(34.0, 34.5, 34.6, 34.55),          # past the fixed mask, not the tuned one
         "gaussian_mild": _row(37.7, 40.4, 41.7, 41.8),    # past the tuned mask
         "gaussian": _row(33.3, 34.1, 36.0, 34.2),         # past the fixed mask is enough here
@@ -190,7 +213,7 @@ def test_release_bars_hold_each_row_to_its_own_baseline():
     }
     bars = {b["row"]: b for b in evaluate.release_bars(table)}
     assert {row: b["met"] for row, b in bars.items()} == {
-        "clean": False, "webcam": False, "gaussian_mild": True, "gaussian": True,
+        "clean": False, "camera_sharp": False, "webcam": False, "gaussian_mild": True, "gaussian": True,
         "motion_mild": False, "jpeg_mild": True, "noise": False}
     assert bars["webcam"]["baseline"] == 34.6 and bars["gaussian"]["baseline"] == 34.1
     assert abs(bars["noise"]["margin"] + 0.1) < 1e-9

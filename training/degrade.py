@@ -7,7 +7,8 @@ Presets chain them: ``webcam`` (the default: what laptop webcams and calls do, m
 mild), ``harsh`` (strong blur and low-light noise), ``seed`` (the original project's
 σ 0.5 blur), and the two halves of an anchored fine-tune: ``webcam-uncompressed`` (kept)
 and ``compressed`` (corrected). ``COMPONENTS`` fixes a mild and a moderate strength per
-degradation so evaluation can report each one on its own.
+degradation so evaluation can report each one on its own; `camera_sharp_frame` is a sharp
+photo as a webcam sends it (faint noise, its codec), which a student must leave alone.
 """
 from __future__ import annotations
 
@@ -163,6 +164,20 @@ COMPONENTS: dict[str, dict] = {
     "noise_mild": dict(fn="noise", photons=1000.0, read_sigma=0.004),
     "noise": dict(fn="noise", photons=200.0, read_sigma=0.008),
 }
+
+# A sharp photo as a webcam in good light sends it: a sensor never gives a pristine frame
+# (faint shot noise, 20,000 photons at full scale), and most webcams stream MJPEG at
+# quality 85–95. The evaluation's "camera_sharp" row: the frame a student must leave
+# alone in practice, where the "clean" row's pristine photo is one no camera delivers.
+CAMERA_SHARP_PHOTONS = 20000.0
+CAMERA_SHARP_QUALITY = 90
+
+
+def camera_sharp_frame(image: Image, rng: np.random.Generator) -> Image:
+    """`image` in focus, through a camera's sensor and its MJPEG codec (nothing softened)."""
+    noisy = sensor_noise(image, rng, photons=CAMERA_SHARP_PHOTONS, read_sigma=0.0)
+    return jpeg(noisy, rng, quality=CAMERA_SHARP_QUALITY)
+
 
 UNTOUCHED_SHARE = 0.05
 

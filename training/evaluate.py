@@ -1,6 +1,8 @@
 """Held-out evaluation: ``python -m training.evaluate``.
 
-Rows: ``clean`` (no degradation: a filter must leave sharp frames alone), ``seed`` (the
+Rows: ``clean`` (no degradation: a filter must leave sharp frames alone), ``camera_sharp``
+(the same photo as a webcam sends it, faint sensor noise and JPEG q 90: what "leave sharp
+frames alone" means in a call, since no camera delivers a pristine frame), ``seed`` (the
 original project's protocol: σ 0.5 blur of images resized to 256×256), ``webcam`` (the
 realistic training mix, four random chains per image) and every degradation component at
 a mild and a moderate strength. Columns, PSNR and SSIM against the sharp image: the
@@ -47,7 +49,7 @@ from training.quality import psnr, ssim
 from training.runlog import write_json
 from training.teacher_labels import TeacherLabels
 
-PRESETS = ["clean", "seed", "webcam", *degrade.COMPONENTS]
+PRESETS = ["clean", "camera_sharp", "seed", "webcam", *degrade.COMPONENTS]
 SEED_PROTOCOL_SIZE = 256
 TUNED_AMOUNTS = tuple(round(a, 2) for a in np.arange(0.0, 4.01, 0.1))
 
@@ -149,7 +151,9 @@ def degrade_for(preset: str, image: np.ndarray, rng: np.random.Generator) -> tup
     if preset == "clean":
         return image, image
     sharp = image
-    if preset == "seed":
+    if preset == "camera_sharp":
+        degraded = degrade.camera_sharp_frame(image, rng)
+    elif preset == "seed":
         # The original protocol: the whole photo resized to 256×256, then σ 0.5.
         sharp = cv2.resize(image, (SEED_PROTOCOL_SIZE, SEED_PROTOCOL_SIZE), interpolation=cv2.INTER_AREA)
         degraded = degrade.seed_preset(sharp, rng)
@@ -248,10 +252,12 @@ def measure_speed(engine: Engine, repeats: int) -> dict:
 # What a shipped student must do on the held-out rows (issue 7's "done when"): leave sharp
 # frames alone, beat the tuned unsharp mask where it matters most (the realistic mix and
 # mild blur), beat the fixed one on every other softening, and never make compressed or
-# noisy frames, or the original protocol's, worse than they came.
+# noisy frames, or the original protocol's, worse than they came. A sharp frame as a
+# camera sends it (noisy and compressed) is held to the input too: beyond the issue's
+# list, but it is the noise and JPEG bar on the frame a sharp webcam actually delivers.
 CLEAN_FLOOR_DB = 40.0
 BEAT_TUNED = ("webcam", "gaussian_mild", "defocus_mild")
-AT_LEAST_INPUT = ("seed", "jpeg_mild", "jpeg", "noise_mild", "noise")
+AT_LEAST_INPUT = ("camera_sharp", "seed", "jpeg_mild", "jpeg", "noise_mild", "noise")
 # Rows are means of PSNRs printed to 0.01 dB: a tie that close counts as "no worse".
 TIE_DB = 0.005
 
@@ -503,7 +509,10 @@ def run(opts: Options) -> dict:
 
     # --- save -------------------------------------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
-    presets = {"clean": "no degradation", "seed": "σ 0.5 blur of the image resized to 256×256",
+    presets = {"clean": "no degradation",
+               "camera_sharp": f"in focus, shot noise at {degrade.CAMERA_SHARP_PHOTONS:g} photons, "
+                               f"JPEG q {degrade.CAMERA_SHARP_QUALITY}",
+               "seed": "σ 0.5 blur of the image resized to 256×256",
                "webcam": f"the realistic training mix ({MIX_DRAWS} random chains per image)",
                **{k: ", ".join(f"{a}={b}" for a, b in v.items()) for k, v in degrade.COMPONENTS.items()}}
     if paired_samples:
