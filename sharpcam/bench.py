@@ -33,8 +33,12 @@ SIZES = ((640, 480), (1280, 720), (1920, 1080))
 
 
 class _RepeatSource(Lifetime):
-    """Hands out two frames in turn, so only the pipeline's own work is timed; two, because
-    the sharpener skips the model for a frame identical to the one before.  With ``pace``
+    """Hands out a few frames in turn, so only the pipeline's own work is timed.  The
+    sharpener skips the model for a frame identical to the one before, and with frames in
+    flight a lane's frames in a row can be any of them: so each frame handed out carries
+    its number (modulo 256) in its first byte, and no two in a row are identical.  The
+    pipeline is done with a frame, or has copied it, before it reads the next, so the
+    buffers are reused.  With ``pace``
     (frames/s) frame k is handed out no sooner than k/pace seconds after the first, as from
     a camera; with ``seconds`` it ends after that long, once ``min_frames`` are out."""
     self_paced, finite, frame_count, fps = False, False, 0, 30.0
@@ -56,13 +60,15 @@ class _RepeatSource(Lifetime):
         if self.pace:
             time.sleep(max(0.0, self._start + self.index / self.pace - now))
         self.index += 1
-        return self.frames[self.index % len(self.frames)]
+        frame = self.frames[self.index % len(self.frames)]
+        frame[0, 0, 0] = self.index & 0xFF
+        return frame
 
     def reopen(self) -> bool:
         return True
 
     def describe(self) -> str:
-        return f"two {self.width}x{self.height} frames in turn"
+        return f"{len(self.frames)} {self.width}x{self.height} frames in turn"
 
 
 class _CopySink(Lifetime):
@@ -91,16 +97,16 @@ class _UnsharpSharpener:
 
 
 def time_pipeline(frames, sharpener, seconds: float, min_frames: int = 3,
-                  pace: Optional[float] = None, warm_up: int = 2) -> tuple:
+                  pace: Optional[float] = None, warm_up: int = 2, frames_in_flight: int = 1) -> tuple:
     """(frames per second, CPU use in cores) of the file-mode pipeline, as sharpcam runs
-    it, over ``frames`` (two different ones) in turn, from the arrival of frame
+    it (``frames_in_flight`` at once), over ``frames`` in turn, from the arrival of frame
     ``warm_up`` at the sink to the last: allocation and first-run costs are not steady
     state. CPU use is the process's CPU seconds (every thread) per second over that
     window: 2.0 means two cores kept busy. With ``pace`` (frames/s) a frame never starts
     before its time, as from a camera: the CPU use is then what that frame rate costs."""
     source = _RepeatSource(frames, pace=pace, seconds=seconds, min_frames=min_frames + warm_up + 1)
     sink = _CopySink()
-    Pipeline(source, sharpener, Controls(), [sink]).run_file()
+    Pipeline(source, sharpener, Controls(), [sink], frames_in_flight=frames_in_flight).run_file()
     (wall0, cpu0), (wall1, cpu1) = sink.arrivals[warm_up], sink.arrivals[-1]
     wall = wall1 - wall0
     frames_timed = len(sink.arrivals) - 1 - warm_up
@@ -111,9 +117,10 @@ def time_pipeline(frames, sharpener, seconds: float, min_frames: int = 3,
 
 
 def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=None,
-          pace: Optional[float] = None) -> list:
+          pace: Optional[float] = None, frames_in_flight: int = 1) -> list:
     """Prints and returns the table; ``tile`` 0 leaves out the tiled column; ``pace``
-    (frames/s) feeds frames no faster than a camera of that rate would."""
+    (frames/s) feeds frames no faster than a camera of that rate would; the model's
+    columns sharpen ``frames_in_flight`` frames at once."""
     out = out or sys.stdout
     rows = []
     off_state = ControlState(mode="off")
@@ -143,7 +150,8 @@ def bench(engine, *, sizes=SIZES, tile: int = 256, seconds: float = 2.0, out=Non
             frames = [demo.read(), demo.read()]
         cells = []
         for name, make in methods:
-            cells.append(time_pipeline(frames, make(), seconds, pace=pace))
+            in_flight = frames_in_flight if name.startswith("model") else 1
+            cells.append(time_pipeline(frames, make(), seconds, pace=pace, frames_in_flight=in_flight))
         rows.append(((width, height), cells))
         print(f"{f'{width}x{height}':<11}" + "".join(
             f"{f'{fps:.1f} fps ({1000 / fps:.1f} ms) cpu {cpu:.1f}':>30}" for fps, cpu in cells),
@@ -196,10 +204,13 @@ def bench_main(argv) -> int:
                if args.threads == "auto" else "")
     pacing = (f"frames fed at {args.fps:g} per second as from a camera" if args.fps
               else "without camera or pacing")
+    if args.frames_in_flight > 1:
+        pacing += f", the model on {args.frames_in_flight} frames at once"
     print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) and CPU use "
           f"of the pipeline {pacing}, one frame copy to the sink")
     try:
-        bench(engine, sizes=args.sizes, tile=tile, seconds=args.seconds, pace=args.fps)
+        bench(engine, sizes=args.sizes, tile=tile, seconds=args.seconds, pace=args.fps,
+              frames_in_flight=args.frames_in_flight)
     except ModelError as exc:
         raise UsageError(str(exc)) from None
     return 0

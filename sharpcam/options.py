@@ -52,6 +52,18 @@ def thread_count(value: str):
         raise argparse.ArgumentTypeError("must be a positive integer or auto") from None
 
 
+MAX_FRAMES_IN_FLIGHT = 8
+
+
+def frames_in_flight(value: str) -> int:
+    """An argparse type: how many frames are sharpened at once, 1 to MAX_FRAMES_IN_FLIGHT."""
+    n = positive_int(value)
+    if n > MAX_FRAMES_IN_FLIGHT:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_FRAMES_IN_FLIGHT} "
+                                         "(each frame in flight holds its own buffers)")
+    return n
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH",
@@ -62,6 +74,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for inference; auto (default): one, or the cores less one "
                         "for the call app (at most 4; all of them below 4 cores) when one cannot "
                         "keep up with the camera, measured at start")
+    g.add_argument("--frames-in-flight", type=frames_in_flight, default=1, metavar="N",
+                   help="sharpen N frames at once, each on its own threads (one each with "
+                        "--threads auto): more frames/s where one frame cannot keep the cores "
+                        "busy, at one frame's time more latency (default 1)")
     g.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
                    help="fp32 model or its INT8 sibling (NAME.int8.onnx); auto (default) = "
                         "the faster, measured at start")
@@ -80,9 +96,11 @@ def open_engine_from(args: argparse.Namespace, notify: Callable[[str], None]):
     if os.path.abspath(args.model) == os.path.abspath(DEFAULT_MODEL) and not os.path.isfile(DEFAULT_MODEL):
         raise UsageError(f"the bundled model is missing from this installation ({DEFAULT_MODEL}); "
                          "reinstall sharpcam, or pass --model PATH to a student .onnx")
+    # Frames in flight are there to keep one core busy each: one thread per frame.
+    threads = 1 if args.threads == "auto" and args.frames_in_flight > 1 else args.threads
     try:
         return open_engine(args.model, args.precision, notify=notify, device=args.device,
-                           threads=args.threads, receptive_radius=args.receptive_radius,
+                           threads=threads, receptive_radius=args.receptive_radius,
                            size_multiple=args.size_multiple)
     except ModelError as exc:
         raise UsageError(str(exc)) from None

@@ -95,6 +95,11 @@ class Sharpener:
         self._last_input = None
         self._last_rgb = None
 
+    def sibling(self) -> "Sharpener":
+        """A sharpener over the same engine and tiling with buffers and a last frame of its
+        own, to sharpen frames beside this one (the pipeline's frames in flight)."""
+        return Sharpener(self.engine, tile=self.tile, warn=self._warn, clock=self._clock)
+
     def tiler(self, height: int, width: int) -> Tiler:
         key = (height, width)
         if key not in self._tilers:

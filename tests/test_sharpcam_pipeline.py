@@ -719,3 +719,138 @@ def test_no_frame_is_sharpened_past_max_frames(mode):
     summary = getattr(pipeline, mode)()
     assert summary.frames == 5 and len(outputs.frames) == 5
     assert [index_of(f) for f in inputs.frames] == [index_of(f) for f in outputs.frames]
+
+
+# -- frames in flight ---------------------------------------------------------------
+
+class ConcurrentMarker:
+    """A sharpener stand-in whose lanes record how many frames are being processed at
+    once, take an uneven time each (so lanes finish out of order) and mark the output."""
+
+    def __init__(self, shared=None):
+        self.shared = shared if shared is not None else dict(lock=threading.Lock(), now=0, most=0, lanes=1,
+                                                             shared_lane=0)
+        self.model_ms = 1.0
+        self.busy = False  # a lane's buffers serve one frame at a time
+
+    def sibling(self):
+        self.shared["lanes"] += 1
+        return ConcurrentMarker(self.shared)
+
+    def process(self, frame, state):
+        shared = self.shared
+        with shared["lock"]:
+            shared["now"] += 1
+            shared["most"] = max(shared["most"], shared["now"])
+            shared["shared_lane"] += self.busy
+            self.busy = True
+        # Frames 0, 3, 6, … take longest: the frame after each overtakes it in another lane.
+        time.sleep(0.03 if index_of(frame) % 3 == 0 else 0.002)
+        out = frame.copy()
+        out[-1, -1] = 200
+        with shared["lock"]:
+            shared["now"] -= 1
+            self.busy = False
+        return out
+
+
+class ReusedBufferSource(CountingSource):
+    """Hands out the same buffer every time, rewritten: what a camera driver may do."""
+    self_paced, finite = False, True
+
+    def __init__(self, frames):
+        super().__init__()
+        self.buffer = np.full((self.height, self.width, 3), 7, np.uint8)
+        self.total = frames
+
+    def make_frame(self, index):
+        return self.buffer
+
+    def read(self):
+        return None if self.produced >= self.total else super().read()
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_frames_in_flight_sharpen_side_by_side_and_arrive_in_order(lanes):
+    marker = ConcurrentMarker()
+    sink = RecordingSink()
+    summary = Pipeline(ReusedBufferSource(12), marker, Controls(), [sink], frames_in_flight=lanes).run_file()
+    # Every frame, in the source's order, each the lane's output for that very frame (the
+    # source rewrote its buffer for the next frame while lanes were still working on it).
+    assert [index_of(f) for f in sink.frames] == list(range(12)) and summary.frames == 12
+    assert all(f[-1, -1, 0] == 200 for f in sink.frames)
+    assert marker.shared["lanes"] == lanes
+    assert marker.shared["most"] == lanes  # side by side, and never more than asked
+    assert marker.shared["shared_lane"] == 0  # never two frames in one lane at once
+
+
+def test_two_frames_in_flight_send_what_one_at_a_time_sends(engine):
+    """The real engine and sharpener: lanes share the engine and the tiling but not the
+    buffers, so each frame comes out exactly as it does one frame at a time."""
+    class Finite(TexturedSource):
+        self_paced, finite = False, True
+
+        def read(self):
+            return None if self.produced >= 8 else super().read()
+
+    sent = {}
+    for lanes in (1, 2):
+        sink = RecordingSink()
+        Pipeline(Finite(shape=(48, 64)), Sharpener(engine, tile=32), Controls(), [sink],
+                 frames_in_flight=lanes).run_file()
+        sent[lanes] = sink.frames
+    assert len(sent[2]) == 8 and all(np.array_equal(a, b) for a, b in zip(sent[1], sent[2]))
+    given = Finite(shape=(48, 64)).make_frame(3)
+    given.reshape(-1)[:4] = np.array([3], "<u4").view(np.uint8)
+    assert np.abs(sent[2][3].astype(int) - given).mean() > 1  # the model's work, not the input
+
+
+def test_frames_in_flight_in_live_mode_keep_frames_in_order():
+    source = CountingSource()
+    sink = RecordingSink()
+    marker = ConcurrentMarker()
+    summary = Pipeline(source, marker, Controls(), [sink], max_frames=10, frames_in_flight=2).run_live()
+    values = [index_of(f) for f in sink.frames]
+    assert summary.frames == 10 and all(b > a for a, b in zip(values, values[1:]))
+    assert marker.shared["most"] == 2
+
+
+def test_a_lane_that_fails_ends_the_run_with_its_error():
+    class Failing(ConcurrentMarker):
+        def process(self, frame, state):
+            if index_of(frame) == 4:
+                raise RuntimeError("lane broke")
+            return super().process(frame, state)
+
+        def sibling(self):
+            return Failing(self.shared)
+
+    sink = RecordingSink()
+    with pytest.raises(RuntimeError, match="lane broke"):
+        Pipeline(ReusedBufferSource(12), Failing(), Controls(), [sink], frames_in_flight=2).run_file()
+    assert [index_of(f) for f in sink.frames] == [0, 1, 2, 3]  # in order, up to the broken frame
+
+
+def test_the_bench_source_never_hands_out_the_same_frame_twice_in_a_row():
+    from sharpcam.bench import _RepeatSource
+    frames = [np.zeros((4, 6, 3), np.uint8), np.zeros((4, 6, 3), np.uint8)]  # identical content
+    source = _RepeatSource(frames, seconds=None)
+    seen = [source.read().copy() for _ in range(600)]
+    # Every lane of any number of frames in flight gets some later frame next: none may equal
+    # any of the few before it, or the sharpener would skip the model and the bench flatter it.
+    assert all(not np.array_equal(seen[k], seen[k - gap]) for k in range(8, 600) for gap in range(1, 9))
+
+
+def test_bench_with_frames_in_flight_says_so_and_fills_every_column(capsys, test_model):
+    assert main(["bench", "--model", str(test_model), "--threads", "1", "--frames-in-flight", "2",
+                 "--sizes", "64x48", "--seconds", "0", "--tile", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "2 frames at once" in lines[0]
+    assert len(BENCH_CELL.findall(lines[2])) == 4
+
+
+@pytest.mark.parametrize("value", ["0", "9", "two"])
+def test_frames_in_flight_out_of_range_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--frames-in-flight", value])
+    assert exc.value.code == 2 and "--frames-in-flight" in capsys.readouterr().err
