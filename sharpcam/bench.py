@@ -22,7 +22,8 @@ import numpy as np
 from .controls import ControlState, Controls
 from .engine import ModelError
 from .lifetime import Lifetime
-from .options import UsageError, add_model_options, bounded_float, open_engine_from, positive_int
+from .options import (UsageError, add_model_options, bounded_float, engine_threads, open_engine_from,
+                      positive_int)
 from .pipeline import Pipeline
 from .engine_choice import EngineChoice
 from .sharpen import Sharpener, unsharp_mask
@@ -201,7 +202,7 @@ def bench_main(argv) -> int:
     if problem:
         raise UsageError(problem)
     threads = (f" (--threads auto on {os.cpu_count()} cores: a column for each candidate)"
-               if args.threads == "auto" else "")
+               if engine_threads(args) == "auto" else "")
     pacing = (f"frames fed at {args.fps:g} per second as from a camera" if args.fps
               else "without camera or pacing")
     if args.frames_in_flight > 1:

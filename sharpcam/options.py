@@ -86,6 +86,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size-multiple", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
 
 
+def engine_threads(args: argparse.Namespace):
+    """The ``--threads`` the engine gets: frames in flight are there to keep one core busy
+    each, so under ``auto`` they run one thread each."""
+    return 1 if args.threads == "auto" and args.frames_in_flight > 1 else args.threads
+
+
 def open_engine_from(args: argparse.Namespace, notify: Callable[[str], None]):
     """The engine (an Engine, or an EngineChoice of several) that the model options ask for;
     ``notify`` hears why an INT8 sibling was passed over. Raises UsageError."""
@@ -96,11 +102,9 @@ def open_engine_from(args: argparse.Namespace, notify: Callable[[str], None]):
     if os.path.abspath(args.model) == os.path.abspath(DEFAULT_MODEL) and not os.path.isfile(DEFAULT_MODEL):
         raise UsageError(f"the bundled model is missing from this installation ({DEFAULT_MODEL}); "
                          "reinstall sharpcam, or pass --model PATH to a student .onnx")
-    # Frames in flight are there to keep one core busy each: one thread per frame.
-    threads = 1 if args.threads == "auto" and args.frames_in_flight > 1 else args.threads
     try:
         return open_engine(args.model, args.precision, notify=notify, device=args.device,
-                           threads=threads, receptive_radius=args.receptive_radius,
+                           threads=engine_threads(args), receptive_radius=args.receptive_radius,
                            size_multiple=args.size_multiple)
     except ModelError as exc:
         raise UsageError(str(exc)) from None

@@ -849,6 +849,18 @@ def test_bench_with_frames_in_flight_says_so_and_fills_every_column(capsys, test
     assert len(BENCH_CELL.findall(lines[2])) == 4
 
 
+def test_frames_in_flight_under_threads_auto_run_one_thread_each(capsys, test_model, monkeypatch):
+    import sharpcam.engine_choice as engine_choice
+    monkeypatch.setattr(engine_choice, "default_threads", lambda: 2)  # as on a 2-core machine
+    for in_flight, threads in (("1", "2 threads"), ("2", "1 thread")):
+        assert main(["bench", "--model", str(test_model), "--frames-in-flight", in_flight,
+                     "--sizes", "64x48", "--seconds", "0"]) == 0
+        out = capsys.readouterr().out
+        assert threads in out.splitlines()[0] + out.splitlines()[1], (in_flight, out)
+    # Two in flight: one thread each, and no column for a thread count that is not an option.
+    assert "threads" not in out.splitlines()[1] and "a column for each candidate" not in out
+
+
 @pytest.mark.parametrize("value", ["0", "9", "two"])
 def test_frames_in_flight_out_of_range_is_a_usage_error(value, capsys):
     with pytest.raises(SystemExit) as exc:
