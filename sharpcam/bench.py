@@ -22,8 +22,8 @@ import numpy as np
 from .controls import ControlState, Controls
 from .engine import ModelError
 from .lifetime import Lifetime
-from .options import (UsageError, add_model_options, bounded_float, engine_threads, open_engine_from,
-                      positive_int)
+from .options import (UsageError, add_model_options, bounded_float, engine_threads, frames_in_flight_for,
+                      open_engine_from, positive_int)
 from .pipeline import Pipeline
 from .engine_choice import EngineChoice
 from .sharpen import Sharpener, unsharp_mask
@@ -205,13 +205,14 @@ def bench_main(argv) -> int:
                if engine_threads(args) == "auto" else "")
     pacing = (f"frames fed at {args.fps:g} per second as from a camera" if args.fps
               else "without camera or pacing")
-    if args.frames_in_flight > 1:
-        pacing += f", the model on {args.frames_in_flight} frames at once"
+    in_flight = frames_in_flight_for(args)
+    if in_flight > 1:
+        pacing += f", the model on {in_flight} frames at once"
     print(f"sharpcam bench: {engine.describe()}{threads}; frames/s (ms per frame) and CPU use "
           f"of the pipeline {pacing}, one frame copy to the sink")
     try:
         bench(engine, sizes=args.sizes, tile=tile, seconds=args.seconds, pace=args.fps,
-              frames_in_flight=args.frames_in_flight)
+              frames_in_flight=in_flight)
     except ModelError as exc:
         raise UsageError(str(exc)) from None
     return 0

@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 from . import __version__
 from .audio import find_ffmpeg, has_audio
 from .controls import HOTKEY_HELP, MODES, ControlState, Controls, TerminalKeys
-from .options import UsageError, add_model_options, bounded_float, open_engine_from, positive_int
+from .options import (UsageError, add_model_options, bounded_float, frames_in_flight_for, open_engine_from,
+                      positive_int)
 
 
 def _tile(value: str):
@@ -335,7 +336,8 @@ def run(args) -> int:
     file_mode = check_arguments(args)
 
     engine = open_engine_from(args, notify=note)
-    note("model " + engine.describe())
+    in_flight = frames_in_flight_for(args)
+    note("model " + engine.describe() + (f"; {in_flight} at once" if in_flight > 1 else ""))
     if args.tile is not None:
         problem = tile_problem(args.tile, engine.receptive_radius, engine.size_multiple,
                                engine.reads_whole_frame)
@@ -369,7 +371,7 @@ def run(args) -> int:
         sharpener = warmed_up_sharpener(engine, args, source, status, live=not file_mode)
 
         pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames,
-                            input_sinks=input_sinks, frames_in_flight=args.frames_in_flight)
+                            input_sinks=input_sinks, frames_in_flight=frames_in_flight_for(args))
         interrupted = False
         # Keys work wherever sharpcam runs in a terminal (and the terminal stops echoing them).
         keys = stack.enter_context(TerminalKeys(controls))

@@ -55,9 +55,15 @@ def thread_count(value: str):
 MAX_FRAMES_IN_FLIGHT = 8
 
 
-def frames_in_flight(value: str) -> int:
-    """An argparse type: how many frames are sharpened at once, 1 to MAX_FRAMES_IN_FLIGHT."""
-    n = positive_int(value)
+def frames_in_flight(value: str):
+    """An argparse type: "auto" or how many frames are sharpened at once, 1 to
+    MAX_FRAMES_IN_FLIGHT."""
+    if value == "auto":
+        return value
+    try:
+        n = positive_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError("must be auto or a number of frames") from None
     if n > MAX_FRAMES_IN_FLIGHT:
         raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_FRAMES_IN_FLIGHT} "
                                          "(each frame in flight holds its own buffers)")
@@ -74,10 +80,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for inference; auto (default): one, or the cores less one "
                         "for the call app (at most 4; all of them below 4 cores) when one cannot "
                         "keep up with the camera, measured at start")
-    g.add_argument("--frames-in-flight", type=frames_in_flight, default=1, metavar="N",
+    g.add_argument("--frames-in-flight", type=frames_in_flight, default="auto", metavar="N|auto",
                    help="sharpen N frames at once, each on its own threads (one each with "
                         "--threads auto): more frames/s where one frame cannot keep the cores "
-                        "busy, at one frame's time more latency (default 1)")
+                        "busy, at one frame's time more latency; auto (default): two on a CPU "
+                        "with two or more cores when --threads is auto, else one")
     g.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
                    help="fp32 model or its INT8 sibling (NAME.int8.onnx); auto (default) = "
                         "the faster, measured at start")
@@ -86,10 +93,21 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size-multiple", type=int, default=None, metavar="N", help=argparse.SUPPRESS)
 
 
+def frames_in_flight_for(args: argparse.Namespace) -> int:
+    """``--frames-in-flight`` resolved. Under auto, two frames at once on a CPU with two or
+    more cores (one frame on two threads keeps about 1.4 of them busy, two frames on one
+    thread each keep both; while one frame keeps up with the camera the second lane sits
+    idle), unless ``--threads`` fixes the count per frame."""
+    if args.frames_in_flight != "auto":
+        return args.frames_in_flight
+    cpu = args.device != "gpu"
+    return 2 if cpu and args.threads == "auto" and (os.cpu_count() or 1) >= 2 else 1
+
+
 def engine_threads(args: argparse.Namespace):
     """The ``--threads`` the engine gets: frames in flight are there to keep one core busy
     each, so under ``auto`` they run one thread each."""
-    return 1 if args.threads == "auto" and args.frames_in_flight > 1 else args.threads
+    return 1 if args.threads == "auto" and frames_in_flight_for(args) > 1 else args.threads
 
 
 def open_engine_from(args: argparse.Namespace, notify: Callable[[str], None]):

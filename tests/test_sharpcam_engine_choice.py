@@ -181,12 +181,25 @@ def test_cli_threads_auto_measures_against_the_cameras_frame_interval(tmp_path, 
                                                                      monkeypatch):
     monkeypatch.setattr("sharpcam.engine.os.cpu_count", lambda: 2)
     # Live (the virtual camera asked for, the output file beside it): frames at the demo's rate.
+    # One frame at a time: the threads per frame are what --threads auto chooses then.
     rc = main(["--demo", "--vcam", "--output", str(tmp_path / "out.avi"), "--max-frames", "2", "--width", "64",
-               "--height", "48", "--fps", "20", "--model", str(fp32_model), "--tile", "0"])
+               "--height", "48", "--fps", "20", "--model", str(fp32_model), "--tile", "0",
+               "--frames-in-flight", "1"])
     err = capsys.readouterr().err
     (line,) = [ln for ln in err.splitlines() if "auto engine" in ln]
     assert rc == 0 and "1 thread" in line and "2 threads" in line
     assert f"share of a frame: {MODEL_SHARE_OF_FRAME * 50:.1f} ms" in line  # 20 frames/s: 50 ms
+
+
+@pytest.mark.parametrize("cores, at_once", [(2, True), (1, False)])
+def test_cli_sharpens_two_frames_at_once_on_two_cores_by_default(cores, at_once, tmp_path, capsys, fp32_model,
+                                                                 monkeypatch):
+    monkeypatch.setattr("sharpcam.engine.os.cpu_count", lambda: cores)
+    rc = main(["--demo", "--vcam", "--output", str(tmp_path / "out.avi"), "--max-frames", "4", "--width", "64",
+               "--height", "48", "--fps", "20", "--model", str(fp32_model), "--tile", "0"])
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("sharpcam: model ")]
+    assert rc == 0 and "1 thread" in line and "2 threads" not in line  # one thread per frame either way
+    assert ("2 at once" in line) == at_once
 
 
 def test_bench_times_both_precisions(capsys, fp32_model):
