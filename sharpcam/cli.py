@@ -371,7 +371,7 @@ def run(args) -> int:
         sharpener = warmed_up_sharpener(engine, args, source, status, live=not file_mode)
 
         pipeline = Pipeline(source, sharpener, controls, sinks, status=status, max_frames=max_frames,
-                            input_sinks=input_sinks, frames_in_flight=frames_in_flight_for(args))
+                            input_sinks=input_sinks, frames_in_flight=in_flight)
         interrupted = False
         # Keys work wherever sharpcam runs in a terminal (and the terminal stops echoing them).
         keys = stack.enter_context(TerminalKeys(controls))

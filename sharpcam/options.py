@@ -77,9 +77,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="execution provider: auto picks CUDA, DirectML, CoreML or OpenVINO when installed")
     g.add_argument("--threads", type=thread_count, default="auto", metavar="N|auto",
-                   help="CPU threads for inference; auto (default): one, or the cores less one "
-                        "for the call app (at most 4; all of them below 4 cores) when one cannot "
-                        "keep up with the camera, measured at start")
+                   help="CPU threads per frame; auto (default): one while frames go two at once "
+                        "(--frames-in-flight); one at a time, one or the cores less one for the "
+                        "call app (at most 4; all of them below 4 cores) when one cannot keep up "
+                        "with the camera, measured at start")
     g.add_argument("--frames-in-flight", type=frames_in_flight, default="auto", metavar="N|auto",
                    help="sharpen N frames at once, each on its own threads (one each with "
                         "--threads auto): more frames/s where one frame cannot keep the cores "
