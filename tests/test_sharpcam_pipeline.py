@@ -805,6 +805,28 @@ def test_two_frames_in_flight_send_what_one_at_a_time_sends(engine):
     assert np.abs(sent[2][3].astype(int) - given).mean() > 1  # the model's work, not the input
 
 
+def test_while_one_lane_keeps_up_every_frame_runs_in_it():
+    """Frames slower than the lane: the lane freed last (warm buffers, warm cache) takes
+    each; taken in turn, the lanes would alternate."""
+    class PacedSource(ReusedBufferSource):
+        def read(self):
+            time.sleep(0.01)
+            return super().read()
+
+    used = []
+
+    class Recording(ConcurrentMarker):
+        def process(self, frame, state):
+            used.append(id(self))
+            return frame
+
+        def sibling(self):
+            return Recording(self.shared)
+
+    Pipeline(PacedSource(8), Recording(), Controls(), [RecordingSink()], frames_in_flight=2).run_file()
+    assert len(used) == 8 and len(set(used)) == 1
+
+
 def test_frames_in_flight_in_live_mode_keep_frames_in_order():
     source = CountingSource()
     sink = RecordingSink()
