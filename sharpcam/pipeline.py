@@ -232,18 +232,17 @@ class FrameLanes:
         if count < 1:
             raise ValueError(f"frames in flight must be at least 1, got {count}")
         self.sharpeners = [sharpener] + [sharpener.sibling() for _ in range(count - 1)]
+        # Free lanes as (sharpener, inbox of its thread); one lane has no thread or inbox.
         self._free: "queue.LifoQueue" = queue.LifoQueue()
-        self._inboxes = {}
         self._threads = []
         for lane in reversed(self.sharpeners):  # the first sharpener on top
-            self._free.put(lane)
-            if count > 1:
-                inbox: "queue.Queue" = queue.Queue()
+            inbox: Optional["queue.Queue"] = queue.Queue() if count > 1 else None
+            if inbox is not None:
                 thread = threading.Thread(target=self._serve, args=(lane, inbox), daemon=True,
                                           name=f"sharpcam-lane-{len(self._threads)}")
-                self._inboxes[id(lane)] = inbox
-                self._threads.append(thread)
+                self._threads.append((thread, inbox))
                 thread.start()
+            self._free.put((lane, inbox))
 
     def _serve(self, lane, inbox: "queue.Queue") -> None:
         while True:
@@ -256,33 +255,33 @@ class FrameLanes:
             except BaseException as exc:
                 future.set_exception(exc)
             finally:
-                self._free.put(lane)
+                self._free.put((lane, inbox))
 
     def submit(self, frame: np.ndarray, state, stop: threading.Event) -> Optional[Future]:
         """A future of (sharpened frame, model ms); None if ``stop`` was set while waiting."""
         while True:
             try:
-                lane = self._free.get(timeout=0.1)
+                lane, inbox = self._free.get(timeout=0.1)
                 break
             except queue.Empty:
                 if stop.is_set():
                     return None
         future: Future = Future()
-        if not self._threads:
+        if inbox is None:
             try:
                 future.set_result((lane.process(frame, state), lane.model_ms))
             finally:
-                self._free.put(lane)
+                self._free.put((lane, inbox))
             return future
         # The source may hand out its buffer again for the next frame while this one is
         # still being sharpened.
-        self._inboxes[id(lane)].put((frame.copy(), state, future))
+        inbox.put((frame.copy(), state, future))
         return future
 
     def close(self) -> None:
-        for inbox in self._inboxes.values():
+        for _, inbox in self._threads:
             inbox.put(None)
-        for thread in self._threads:
+        for thread, _ in self._threads:
             thread.join()
 
 

@@ -93,9 +93,9 @@ class Sharpener:
         self.choice_note = ""
         self._warn = warn if warn is not None else _warn_on_stderr
         self.passed_through = 0  # frames sent on unsharpened because the model's output was unusable
-        # Which warnings were given, shared with siblings, so that frames in flight warn once.
-        self._warned: set = set()
-        self._warned_lock = threading.Lock()
+        # Taken by the first frame whose output is not finite and never released: shared with
+        # siblings, so that frames in flight warn once between them.
+        self._not_finite_warning = threading.Lock()
         self._last_input = None
         self._last_rgb = None
 
@@ -103,15 +103,8 @@ class Sharpener:
         """A sharpener over the same engine and tiling with buffers and a last frame of its
         own, to sharpen frames beside this one (the pipeline's frames in flight)."""
         twin = Sharpener(self.engine, tile=self.tile, warn=self._warn, clock=self._clock)
-        twin._warned, twin._warned_lock = self._warned, self._warned_lock
+        twin._not_finite_warning = self._not_finite_warning
         return twin
-
-    def _warn_once(self, key: str, message: str) -> None:
-        with self._warned_lock:
-            if key in self._warned:
-                return
-            self._warned.add(key)
-        self._warn(message)
 
     def tiler(self, height: int, width: int) -> Tiler:
         key = (height, width)
@@ -189,8 +182,9 @@ class Sharpener:
                 # NaN turns black in the uint8 blend: a broken model would silently blank the video.
                 self._last_rgb = None
                 self.passed_through += 1
-                self._warn_once("not finite", "the model's output is not finite (NaN or infinity); passing "
-                                "frames through unsharpened while it is (re-export or retrain the model)")
+                if self._not_finite_warning.acquire(blocking=False):
+                    self._warn("the model's output is not finite (NaN or infinity); passing frames "
+                               "through unsharpened while it is (re-export or retrain the model)")
                 return frame
             rgb = tiler.from_batch(out)
             self._remember(frame, rgb)
