@@ -238,3 +238,47 @@ def test_the_report_lists_every_bar_and_what_was_missed():
     text = evaluate.report_markdown(report)
     assert "Release bars (student, ONNX): 1 of 2 met; missed: gaussian_mild." in text
     assert "| gaussian_mild | > tuned unsharp mask | 41.70 | 41.50 | -0.20 | **no** |" in text
+
+
+def test_each_image_keeps_its_own_score_and_the_mix_averages_its_draws():
+    images = [photo_like(48, 64, seed) for seed in range(3)]
+    # A restorer that ruins only the second image: its score alone must fall.
+    ruined = lambda degraded: np.zeros_like(degraded) if np.array_equal(degraded, images[1]) else degraded
+    table = evaluate.evaluate(evaluate.build_pairs(images, 0, ["clean", "webcam"], seed=0), {"student_onnx": ruined})
+    clean = table["clean"]["student_onnx"]["per_image_psnr"]
+    assert len(clean) == 3 and clean[0] == clean[2] == 100.0 and clean[1] < 20
+    mix = table["webcam"]["input"]["per_image_psnr"]
+    pairs = evaluate.build_pairs(images, 0, ["webcam"], seed=0)["webcam"]
+    first = [psnr(s, d) for d, s in pairs[:evaluate.MIX_DRAWS]]
+    assert len(mix) == 3 and abs(mix[0] - np.mean(first)) < 1e-9
+    assert abs(np.mean(mix) - table["webcam"]["input"]["psnr"]) < 1e-9
+
+
+def _row_per_image(input_db, unsharp_db, tuned_db, student_db):
+    row = _row(*(float(np.mean(v)) for v in (input_db, unsharp_db, tuned_db, student_db)))
+    for name, values in zip(("input", "unsharp", "unsharp_tuned", "student_onnx"), (input_db, unsharp_db, tuned_db, student_db)):
+        row[name]["per_image_psnr"] = list(values)
+    return row
+
+
+def test_a_missed_bar_is_traced_to_the_images_that_lose_it_worst_first():
+    table = {
+        # lost on the page alone: ahead of the tuned mask on both photos
+        "gaussian_mild": _row_per_image([37, 30, 25], [40, 33, 28], [41, 34, 31], [41.5, 34.5, 25.5]),
+        # held to the input, lost on both images
+        "jpeg_mild": _row_per_image([38, 35, 30], [35, 33, 28], [38.9, 35, 30], [37.5, 34.0, 30.0]),
+        # met: not listed
+        "gaussian": _row_per_image([33, 30, 25], [34, 31, 26], [36, 33, 28], [35, 32, 27]),
+        "clean": _row_per_image([100] * 3, [40] * 3, [100] * 3, [39] * 3),
+    }
+    bars = evaluate.release_bars(table)
+    lost = {item["row"]: item for item in evaluate.where_bars_are_lost(table, bars, ["lake", "cat", "page"])}
+    assert set(lost) == {"gaussian_mild", "jpeg_mild"}  # the clean floor has no baseline image
+    assert [name for name, _ in lost["gaussian_mild"]["images"]] == ["page", "lake", "cat"]
+    assert abs(lost["gaussian_mild"]["images"][0][1] + 5.5) < 1e-9
+    assert abs(lost["gaussian_mild"]["margin_without_worst"] - 0.5) < 1e-9
+    assert [name for name, _ in lost["jpeg_mild"]["images"]] == ["cat", "lake", "page"]  # against the input
+    report = dict(table=table, crop=0, images=3, source="folder", presets={}, unsharp_tuned_amounts={},
+                  bars=bars, bars_lost=list(lost.values()))
+    text = evaluate.report_markdown(report)
+    assert "- gaussian_mild: page -5.50, lake +0.50, cat +0.50 (the others: +0.50 on average)" in text

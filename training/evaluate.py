@@ -190,8 +190,10 @@ def build_pairs(images: list[np.ndarray], crop: int, presets: list[str], seed: i
 
 
 def evaluate(pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]], restorers: dict[str, Restorer],
-             progress=None) -> dict[str, dict[str, dict[str, float]]]:
-    """{preset: {method: {"psnr", "ssim"}}} — means over images; ``input`` is always included."""
+             progress=None) -> dict[str, dict[str, dict]]:
+    """{preset: {method: {"psnr", "ssim", "per_image_psnr"}}} — means over images, and each
+    image's PSNR (what tells one image that costs a bar from a shortfall everywhere);
+    ``input`` is always included."""
     table: dict = {}
     for preset, samples in pairs.items():
         scores: dict[str, list[tuple[float, float]]] = {"input": []}
@@ -203,9 +205,16 @@ def evaluate(pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]], restorers: d
             if progress:
                 progress(1)
         table[preset] = {name: {"psnr": statistics.fmean(s[0] for s in values),
-                                "ssim": statistics.fmean(s[1] for s in values)}
+                                "ssim": statistics.fmean(s[1] for s in values),
+                                "per_image_psnr": per_image([s[0] for s in values], samples_per_image(preset))}
                          for name, values in scores.items()}
     return table
+
+
+def per_image(values: list[float], draws: int) -> list[float]:
+    """One number per held-out image, in the images' order: the mean over its draws (the
+    mix row scores several chains of each image, one after another)."""
+    return [statistics.fmean(values[i:i + draws]) for i in range(0, len(values), draws)]
 
 
 def evaluate_rows(images: list[np.ndarray], crop: int, seed: int, restorers: dict[str, Restorer],
@@ -296,6 +305,28 @@ def release_bars(table: dict, steadiness: dict | None = None, student: str = "st
     return bars
 
 
+def where_bars_are_lost(table: dict, bars: list[dict], names: list[str],
+                        student: str = "student_onnx") -> list[dict]:
+    """For each missed PSNR bar, the student's margin over the bar's baseline image by image,
+    worst first: {"row", "images": [(name, margin), ...], "margin_without_worst"}. A bar lost
+    on one image and won on the rest asks for different work than one lost everywhere."""
+    column = {"≥ input": "input", "> tuned unsharp mask": "unsharp_tuned"}
+    lost = []
+    for bar in bars:
+        row = table.get(bar["row"], {})
+        base = column.get(bar["needs"], "unsharp" if bar["needs"].startswith("> unsharp mask") else None)
+        if bar["met"] or base is None or student not in row or base not in row:
+            continue
+        mine, theirs = row[student].get("per_image_psnr"), row[base].get("per_image_psnr")
+        if not mine or not theirs or len(mine) != len(theirs) or len(mine) != len(names):
+            continue
+        margins = sorted(zip(names, (a - b for a, b in zip(mine, theirs))), key=lambda item: item[1])
+        rest = [m for _, m in margins[1:]]
+        lost.append(dict(row=bar["row"], images=margins,
+                         margin_without_worst=statistics.fmean(rest) if rest else None))
+    return lost
+
+
 # --- outputs ---------------------------------------------------------------------------
 
 METHOD_TITLES = {"input": "degraded input", "unsharp": f"unsharp mask {UNSHARP_AMOUNT:g}",
@@ -349,6 +380,15 @@ def report_markdown(report: dict) -> str:
             digits = 3 if b["row"] == "noisy still clip" else 2
             lines.append(f"| {b['row']} | {b['needs']} | {b['baseline']:.{digits}f} | {b['value']:.{digits}f} "
                          f"| {b['margin']:+.{digits}f} | {'yes' if b['met'] else '**no**'} |")
+        lines.append("")
+    if report.get("bars_lost"):
+        lines += ["Where the missed bars are lost (student minus the bar's baseline, PSNR dB, "
+                  "image by image, worst first):", ""]
+        for lost in report["bars_lost"]:
+            images = ", ".join(f"{name} {margin:+.2f}" for name, margin in lost["images"])
+            rest = lost["margin_without_worst"]
+            lines.append(f"- {lost['row']}: {images}"
+                         + (f" (the others: {rest:+.2f} on average)" if rest is not None else ""))
         lines.append("")
     if report.get("speed"):
         s = report["speed"]
@@ -517,10 +557,11 @@ def run(opts: Options) -> dict:
                **{k: ", ".join(f"{a}={b}" for a, b in v.items()) for k, v in degrade.COMPONENTS.items()}}
     if paired_samples:
         presets["paired"] = f"held-out real pairs from {opts.paired[0]}"
+    bars = release_bars(table, steadiness)
     report = dict(source=source.kind if source.kind != "builtin" else "scikit-image photos",
                   files=[f.name for f in source.val_files[:len(images)]], images=len(images), crop=opts.crop,
                   presets=presets, table=table, unsharp_tuned_amounts=amounts, flicker=steadiness,
-                  bars=release_bars(table, steadiness),
+                  bars=bars, bars_lost=where_bars_are_lost(table, bars, [f.name for f in source.val_files[:len(images)]]),
                   speed=speed, threads=opts.threads, student=opts.student,
                   student_training=engine.info.training,
                   teacher=str(teacher_path) if "teacher" in restorers else None, notes=notes,

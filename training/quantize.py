@@ -338,7 +338,7 @@ def held_out_quality(fp32, int8, presets: list[str], seed: int = 0) -> dict:
     pairs = evaluate.build_pairs(images, 256, presets, seed)
     table = evaluate.evaluate(pairs, {"fp32": evaluate.sharpcam_restorer(fp32),
                                       "int8": evaluate.sharpcam_restorer(int8)})
-    return {preset: {k: {m: round(v, 4) for m, v in row[k].items()} for k in ("fp32", "int8")}
+    return {preset: {k: {m: round(row[k][m], 4) for m in ("psnr", "ssim")} for k in ("fp32", "int8")}
             for preset, row in table.items()}
 
 
