@@ -130,3 +130,30 @@ def test_a_corpus_manifest_decides_the_split_and_a_broken_one_is_one_line(tmp_pa
     (tmp_path / "manifest.json").write_text('{"files": [{"file": "a.png"}]}')
     with pytest.raises(UsageError, match="not a readable corpus manifest.*training.corpus"):
         data.load_source(data=str(tmp_path))
+
+
+def test_fresh_text_crops_are_seeded_pages_of_print_softened_on_request():
+    from training.text_pages import text_crop
+    crop = text_crop(96, np.random.default_rng(0), soft_share=0.0)
+    assert crop.shape == (96, 96, 3) and crop.dtype == np.float32 and 0 <= crop.min() and crop.max() <= 1
+    assert np.array_equal(crop, text_crop(96, np.random.default_rng(0), soft_share=0.0))
+    assert not np.array_equal(crop, text_crop(96, np.random.default_rng(1), soft_share=0.0))
+    # Flat ground under strokes with the contrast of ink on paper...
+    steps = np.abs(np.diff(crop.mean(axis=2), axis=1))
+    assert np.median(steps) < 0.02 and np.percentile(steps, 99) > 0.2
+    # ... and the same page photographed a little soft has less energy in its steps.
+    soft = text_crop(96, np.random.default_rng(0), soft_share=1.0)
+    assert (np.diff(soft.mean(axis=2), axis=1) ** 2).mean() < 0.8 * (steps ** 2).mean()
+
+
+def test_text_page_crops_pair_each_fresh_page_with_its_degraded_frame():
+    from training.text_pages import text_crop
+    pages = data.TextPageCrops(64, "seed", seed=5, length=3)
+    assert len(pages) == 3
+    degraded, sharp = pages[1]
+    assert degraded.shape == sharp.shape == (3, 64, 64)
+    expected = text_crop(64, data.sample_rng(5, 1))
+    assert torch.allclose(sharp, data.to_tensor(expected))
+    assert float((degraded - sharp).abs().mean()) > 1e-3  # the preset's blur was applied
+    again, _ = pages[1]
+    assert torch.equal(degraded, again) and not torch.equal(sharp, pages[2][1])

@@ -490,6 +490,24 @@ def test_anchored_fine_tune_builds_both_halves_of_its_pool_and_learns_from_the_c
     assert max(float((weights[k] - shipped[k]).abs().max()) for k in shipped) > 1e-4
 
 
+def test_an_anchored_fine_tune_can_correct_on_fresh_text_pages_instead_of_photos(image_dir, tmp_path, monkeypatch):
+    from training.text_pages import text_crop
+    pools = []
+    concatenate = datasets.CropPool.concatenate
+    monkeypatch.setattr(datasets.CropPool, "concatenate",
+                        classmethod(lambda cls, parts, seed=0: pools.append(parts) or concatenate(parts, seed)))
+    distill.main(["--data", str(image_dir), "--crop", "64", "--batch-size", "4", "--device", "cpu", "--alpha", "1",
+                  "--beta", "0", "--pool", "8", "--max-steps", "2", "--epochs", "10", "--lr", "1e-3", "--seed", "3",
+                  "--init", "shipped", "--anchor", "shipped", "--degradation", "webcam", "--correct", "seed",
+                  "--correct-source", "text-pages", "--correct-share", "0.25", "--out", str(tmp_path / "o")])
+    kept, corrected = pools[0]
+    assert (len(kept), len(corrected)) == (6, 2)
+    # The corrected crops' sharp halves are the text pages drawn for keys 0 and 1 (seed + 1).
+    for key in range(2):
+        page = datasets.to_tensor(text_crop(64, datasets.sample_rng(4, key)))
+        assert torch.equal(corrected.parts[1][key], page.mul(255).round().clamp(0, 255).to(torch.uint8))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--anchor", "shipped", "--correct", "compressed"], "--anchor fine-tunes on pooled crops"),
     (["--anchor", "shipped", "--pool", "8"], "--anchor needs --correct"),
@@ -498,6 +516,7 @@ def test_anchored_fine_tune_builds_both_halves_of_its_pool_and_learns_from_the_c
      "--correct-share 1.0 must be between 0 and 1"),
     (["--anchor", "shipped", "--correct", "compressed", "--pool", "8", "--correct-share", "0.01"],
      "leaves one side without crops"),
+    (["--correct-source", "text-pages", "--pool", "8"], "--correct-source text-pages only applies beside --anchor"),
 ])
 def test_anchored_fine_tune_options_are_checked_in_one_line(image_dir, tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):

@@ -5,7 +5,8 @@ Three sources, one shape of sample — a tuple of C×H×W float tensors in [0, 1
   on the fly -> ``(degraded, sharp)``;
 - ``PairedCrops``: the original project's ``blur/`` + ``sharp/`` folders, matched by
   file name -> ``(blurred, sharp)``;
-- ``UnpairedCrops``: frames with no sharp reference (own webcam) -> ``(frame,)``.
+- ``UnpairedCrops``: frames with no sharp reference (own webcam) -> ``(frame,)``;
+- ``TextPageCrops``: procedural pages of small print, drawn fresh -> ``(degraded, sharp)``.
 
 Randomness is keyed by (seed, sample key), never by worker or process state, so a
 sample is the same whichever DataLoader worker or DDP rank draws it, and a resumed
@@ -36,6 +37,7 @@ from torch.utils.data import Dataset, Sampler
 
 from training.degrade import get_preset
 from training.errors import UsageError
+from training.text_pages import text_crop
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -239,6 +241,26 @@ class SyntheticPairs(Dataset):
         while self.always_degrade and degraded is sharp:
             degraded = self.degrade(sharp, rng)
         return to_tensor(degraded), to_tensor(sharp)
+
+
+class TextPageCrops(Dataset):
+    """Fresh pages of small print (`training.text_pages.text_crop`) -> (degraded, sharp)
+    crops; ``length`` crops per epoch, each drawn anew from its key. What a frame full of
+    text teaches: that its strokes, steep as they look, may still be soft."""
+
+    def __init__(self, crop: int, degradation: str = "webcam", seed: int = 0, length: int = 1000,
+                 soft_share: float = 0.5):
+        self.crop, self.seed, self.length, self.soft_share = crop, seed, length, soft_share
+        self.degradation_name = degradation
+        self.degrade: Callable = get_preset(degradation)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: int):
+        rng = sample_rng(self.seed, int(key))
+        sharp = text_crop(self.crop, rng, self.soft_share)
+        return to_tensor(self.degrade(sharp, rng)), to_tensor(sharp)
 
 
 class PairedCrops(Dataset):

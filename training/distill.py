@@ -92,6 +92,9 @@ class Options(loop.LoopOptions):
     correct: Optional[str] = option(None, "with --anchor: the degradation preset whose crops teach the "
                                     "student something new", choices=sorted(degrade.PRESETS))
     correct_share: float = option(0.5, "with --anchor: the share of the pool drawn from --correct")
+    correct_source: str = option("photos", "with --anchor: what the --correct crops are cut from: the "
+                                 "training photos, or fresh pages of small print (training.text_pages), "
+                                 "half of them photographed a little soft", choices=["photos", "text-pages"])
     int8_aware: bool = option(False, "train (in fp32) through a simulation of training.quantize's INT8 "
                                      "rounding (ranges calibrated on the first training crops), so the "
                                      "INT8 model loses less; for fine-tuning with --init")
@@ -191,6 +194,9 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         raise UsageError("--anchor needs --correct PRESET: the crops that teach the student something new")
     if opts.correct and not opts.anchor:
         raise UsageError("--correct only applies beside --anchor STUDENT; pass both, or neither")
+    if opts.correct_source != "photos" and not opts.anchor:
+        raise UsageError(f"--correct-source {opts.correct_source} only applies beside --anchor STUDENT "
+                         "--correct PRESET; pass those too, or leave it out")
     if opts.anchor and not 0 < opts.correct_share < 1:
         raise UsageError(f"--correct-share {opts.correct_share} must be between 0 and 1 (a share of the pool)")
 
@@ -233,9 +239,14 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
                              "without crops; raise --pool")
         if runtime.is_main:
             print(f"degrading a pool of {opts.pool - corrected} {opts.degradation} crops kept at the anchor's "
-                  f"output and {corrected} {opts.correct} crops against the sharp photo, once", file=sys.stderr)
-        correct_set = datasets.train_dataset(source, crop=opts.crop, degradation=opts.correct,
-                                             seed=opts.seed + 1, crops_per_image=opts.crops_per_image)
+                  f"output and {corrected} {opts.correct} crops"
+                  + (" of fresh text pages" if opts.correct_source == "text-pages" else "")
+                  + " against the sharp image, once", file=sys.stderr)
+        if opts.correct_source == "text-pages":
+            correct_set = datasets.TextPageCrops(opts.crop, opts.correct, seed=opts.seed + 1, length=corrected)
+        else:
+            correct_set = datasets.train_dataset(source, crop=opts.crop, degradation=opts.correct,
+                                                 seed=opts.seed + 1, crops_per_image=opts.crops_per_image)
         train_set = datasets.CropPool.concatenate(
             [datasets.CropPool.build(datasets.Flagged(train_set, 1.0), opts.pool - corrected, seed=opts.seed),
              datasets.CropPool.build(datasets.Flagged(correct_set, 0.0), corrected, seed=opts.seed + 1)],
@@ -289,7 +300,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
                       and im.shape[0] >= 64 and im.shape[1] >= 96), None)
         final = outcome.final
         onnx_meta = dict(command="distill", step=outcome.steps, init=opts.init, anchor=opts.anchor,
-                         correct=opts.correct, teacher=teacher_name,
+                         correct=opts.correct, correct_source=opts.correct_source, teacher=teacher_name,
                          data=source.kind, degradation=opts.degradation, alpha=alpha, beta=beta,
                          val_psnr=final["psnr"] if final else None, val_ssim=final["ssim"] if final else None,
                          int8_aware=opts.int8_aware)
