@@ -2,6 +2,7 @@
 import os
 import re
 import termios
+import time
 
 import cv2
 import numpy as np
@@ -13,14 +14,17 @@ from sharpcam.controls import Controls
 from sharpcam.sinks import PreviewSink, display_problem
 
 
-def pump_until(sink, frame, controls, predicate, limit=400):
-    """Show frames (each call runs the window's event loop) until the controls change."""
-    for _ in range(limit):
+def pump_until(sink, frame, controls, predicate, patience_s=30.0):
+    """Show frames (each call runs the window's event loop) until the controls change.
+    Bounded by time, not by a count of frames: on a loaded machine the X server may take
+    hundreds of frames to deliver a key, which is slowness, not a lost key."""
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
         sink.send(frame)
         state = controls.next_frame()
         if predicate(state):
             return state
-    raise AssertionError(f"key never arrived; state is {controls.state}")
+    raise AssertionError(f"key never arrived in {patience_s:g} s; state is {controls.state}")
 
 
 def test_display_check_passes_under_xvfb(xvfb_display):
