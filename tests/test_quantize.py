@@ -203,6 +203,17 @@ def test_calibration_uses_only_the_held_out_split_of_a_folder(tmp_path):
     assert not {f.name for f in calibration_files(None)} & set(BUILTIN_TRAIN)
 
 
+def test_calibration_keeps_the_held_out_photos_a_corpus_manifest_names(tmp_path):
+    import cv2
+    names = [f"img{i:02d}.png" for i in range(20)]
+    for name in names:
+        cv2.imwrite(str(tmp_path / name), np.zeros((40, 40, 3), np.uint8))
+    held_out = ["img03.png", "img11.png"]  # not what the name hash would pick
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": [
+        {"file": n, "split": "val" if n in held_out else "train"} for n in names]}))
+    assert sorted(f.name for f in calibration_files(str(tmp_path), "val")) == held_out
+
+
 def test_crops_are_multiples_of_the_model_size_multiple():
     images = [np.zeros((300, 451, 3), np.float32), np.zeros((70, 500, 3), np.float32),
               np.zeros((10, 10, 3), np.float32)]

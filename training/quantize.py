@@ -103,15 +103,20 @@ class Options:
 
 
 def calibration_files(folder: Optional[str], split: str = "val", val_fraction: float = 0.15) -> list[Path]:
-    """Photos the student did not train on: the held-out split of `folder` (or all of it),
-    else scikit-image's held-out photos."""
+    """Photos the student did not train on: the held-out split of `folder` (its corpus
+    manifest's, else by name hash as training.data splits it), or all of it; else
+    scikit-image's held-out photos."""
     if folder is None:
         return datasets.builtin_files("val")
     files = datasets.list_images(folder)
     if split == "all":
         return files
     rel = {str(f.relative_to(folder)): f for f in files}
-    _, val = datasets.split_names(list(rel), val_fraction)
+    # A corpus built by training.corpus fixed its held-out photos in its manifest; the
+    # name hash would pick others, some of them trained on.
+    manifest = datasets.read_manifest(Path(folder))
+    _, val = (datasets.manifest_split(manifest, rel, Path(folder)) if manifest is not None
+              else datasets.split_names(list(rel), val_fraction))
     if not val:
         raise QuantizeError(f"--calibration {folder}: no held-out images (one image only?); "
                             "add images or pass --calibration-split all")
