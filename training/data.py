@@ -1,6 +1,6 @@
 """Training and validation data: image folders, paired folders, unpaired frames.
 
-Three sources, one shape of sample — a tuple of C×H×W float tensors in [0, 1]:
+Four sources, one shape of sample — a tuple of C×H×W float tensors in [0, 1]:
 - ``SyntheticPairs``: sharp photos, randomly cropped/flipped/rotated and degraded
   on the fly -> ``(degraded, sharp)``;
 - ``PairedCrops``: the original project's ``blur/`` + ``sharp/`` folders, matched by

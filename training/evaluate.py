@@ -272,28 +272,34 @@ TIE_DB = 0.005
 
 
 def release_bars(table: dict, steadiness: dict | None = None, student: str = "student_onnx") -> list[dict]:
-    """One entry per bar the student's rows are held to: {"row", "needs", "baseline",
-    "value", "margin", "met"}. Rows missing from the table are skipped; the steadiness bar
+    """One entry per bar the student's rows are held to: {"row", "needs", "column" (the
+    table column it is measured against, None for the clean floor), "baseline", "value",
+    "margin", "met"}. Rows missing from the table are skipped; the steadiness bar
     (edges sharper than the input's at no more flicker) joins when `steadiness` is given."""
     bars = []
     for row, columns in table.items():
         if student not in columns:
             continue
         value = columns[student]["psnr"]
+        column = None  # the table column the bar is measured against, if any
         if row == "clean":
             needs, baseline, met = f"≥ {CLEAN_FLOOR_DB:g} dB", CLEAN_FLOOR_DB, value >= CLEAN_FLOOR_DB
         elif row in AT_LEAST_INPUT:
-            baseline = columns["input"]["psnr"]
+            column = "input"
+            baseline = columns[column]["psnr"]
             needs, met = "≥ input", value >= baseline - TIE_DB
         elif row in BEAT_TUNED:
-            baseline = columns["unsharp_tuned"]["psnr"]
+            column = "unsharp_tuned"
+            baseline = columns[column]["psnr"]
             needs, met = "> tuned unsharp mask", value > baseline
         elif "unsharp" in columns:
-            baseline = columns["unsharp"]["psnr"]
+            column = "unsharp"
+            baseline = columns[column]["psnr"]
             needs, met = f"> unsharp mask {UNSHARP_AMOUNT:g}", value > baseline
         else:
             continue
-        bars.append(dict(row=row, needs=needs, baseline=baseline, value=value, margin=value - baseline, met=met))
+        bars.append(dict(row=row, needs=needs, column=column, baseline=baseline, value=value,
+                         margin=value - baseline, met=met))
     if steadiness and student in steadiness and "input" in steadiness:
         mine, given = steadiness[student], steadiness["input"]
         met = (mine["static_flicker"] <= given["static_flicker"]
@@ -310,11 +316,9 @@ def where_bars_are_lost(table: dict, bars: list[dict], names: list[str],
     """For each missed PSNR bar, the student's margin over the bar's baseline image by image,
     worst first: {"row", "images": [(name, margin), ...], "margin_without_worst"}. A bar lost
     on one image and won on the rest asks for different work than one lost everywhere."""
-    column = {"≥ input": "input", "> tuned unsharp mask": "unsharp_tuned"}
     lost = []
     for bar in bars:
-        row = table.get(bar["row"], {})
-        base = column.get(bar["needs"], "unsharp" if bar["needs"].startswith("> unsharp mask") else None)
+        row, base = table.get(bar["row"], {}), bar.get("column")
         if bar["met"] or base is None or student not in row or base not in row:
             continue
         mine, theirs = row[student].get("per_image_psnr"), row[base].get("per_image_psnr")
