@@ -251,7 +251,6 @@ class TextPageCrops(Dataset):
     def __init__(self, crop: int, degradation: str = "webcam", seed: int = 0, length: int = 1000,
                  soft_share: float = 0.5):
         self.crop, self.seed, self.length, self.soft_share = crop, seed, length, soft_share
-        self.degradation_name = degradation
         self.degrade: Callable = get_preset(degradation)
 
     def __len__(self) -> int:
