@@ -1,7 +1,8 @@
 """`python -m training.reproduce`: the recipe's steps, what it skips, resumes and refuses, and
 how it compares its result with the bundled student."""
+import os
 import re
-import subprocess
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -49,27 +50,44 @@ def finished(step: reproduce.Step) -> None:
     step.done_when.write_text("{}")
 
 
-@pytest.fixture
-def recorded(monkeypatch):
-    """Every subprocess the command starts, recorded and made to 'finish' its step."""
-    calls = []
+class FinishedStep:
+    """Stands in for a step's process: it 'finishes' its step at once, or exits with `returncode`."""
+    opts = None
+    returncode = 0
 
-    def fake_run(command, env):
-        calls.append((command, env))
+    def __init__(self, command, env):
+        self.command, self.env = command, env
+        type(self).calls.append((command, env))
         module = command[command.index("-m") + 1]
-        for step in reproduce.recipe(fake_run.opts):
+        for step in reproduce.recipe(self.opts) if self.returncode == 0 else []:
             if step.module == module and list(step.args) == [a for a in command[3:] if a != "--resume"]:
                 finished(step)
-        return subprocess.CompletedProcess(command, 0)
-    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+        self.signals = []
+
+    def wait(self):
+        if self.signals_on_wait:
+            os.kill(os.getpid(), self.signals_on_wait[0])  # as if the user pressed Ctrl-C meanwhile
+        return self.returncode
+
+    def send_signal(self, signum):
+        self.signals.append(signum)
+        type(self).passed_on.append(signum)
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Every process the command starts, recorded and made to 'finish' its step."""
+    class Fake(FinishedStep):
+        calls, passed_on, signals_on_wait = [], [], []
+    monkeypatch.setattr(reproduce.subprocess, "Popen", Fake)
     monkeypatch.setattr(reproduce, "comparison_line", lambda made, bundled: "compared")
-    return fake_run, calls
+    return Fake, Fake.calls
 
 
 def test_finished_steps_are_skipped_and_an_interrupted_run_resumes(tmp_path, recorded):
-    fake_run, calls = recorded
+    fake, calls = recorded
     opts = reproduce.Options(out=str(tmp_path / "runs"), data=str(tmp_path / "photos"), threads=2)
-    fake_run.opts = opts
+    fake.opts = opts
     steps = reproduce.recipe(opts)
     for step in steps[:3]:
         finished(step)
@@ -87,18 +105,31 @@ def test_finished_steps_are_skipped_and_an_interrupted_run_resumes(tmp_path, rec
     assert reproduce.main(["--out", opts.out, "--data", opts.data])["ran"] == []
 
 
-def test_a_failed_step_stops_the_command_with_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(reproduce.subprocess, "run", lambda command, env: subprocess.CompletedProcess(command, 3))
+def test_a_failed_step_stops_the_command_with_one_line(tmp_path, recorded):
+    fake, calls = recorded
+    fake.opts, fake.returncode = reproduce.Options(out=str(tmp_path / "runs"), data=str(tmp_path / "photos")), 3
     with pytest.raises(SystemExit) as stopped:
         reproduce.main(["--out", str(tmp_path / "runs"), "--data", str(tmp_path / "photos")])
     assert "step 'corpus' stopped (exit 3)" in str(stopped.value)
     assert "run python -m training.reproduce again" in str(stopped.value)
+    assert len(calls) == 1
+
+
+def test_ctrl_c_is_passed_on_to_the_step_and_waited_for(tmp_path, recorded):
+    fake, calls = recorded
+    fake.opts, fake.returncode = reproduce.Options(out=str(tmp_path / "runs"), data=str(tmp_path / "photos")), 130
+    fake.signals_on_wait.append(signal.SIGINT)
+    with pytest.raises(SystemExit) as stopped:
+        reproduce.main(["--out", str(tmp_path / "runs"), "--data", str(tmp_path / "photos")])
+    assert "interrupted during step 'corpus'" in str(stopped.value)
+    assert fake.passed_on == [signal.SIGINT] and len(calls) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
 
 def test_runs_made_before_an_earlier_step_are_not_overwritten(tmp_path, recorded):
-    fake_run, calls = recorded
+    fake, calls = recorded
     opts = reproduce.Options(out=str(tmp_path / "runs"), data=str(tmp_path / "photos"))
-    fake_run.opts = opts
+    fake.opts = opts
     steps = reproduce.recipe(opts)
     finished(steps[0])
     finished(steps[3])  # a text run on disk, but no base run it could have started from
@@ -145,9 +176,9 @@ def test_the_comparison_names_identical_and_differing_weights(tmp_path):
 
 
 def test_a_step_made_again_makes_every_later_step_again(tmp_path, recorded):
-    fake_run, calls = recorded
+    fake, calls = recorded
     opts = reproduce.Options(out=str(tmp_path / "runs"), data=str(tmp_path / "photos"))
-    fake_run.opts = opts
+    fake.opts = opts
     steps = reproduce.recipe(opts)
     for step in steps:
         finished(step)

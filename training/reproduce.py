@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -158,10 +159,25 @@ def run_step(step: Step, threads: int) -> None:
     command[0] = sys.executable
     environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.monotonic()
-    finished = subprocess.run(command, env=environment)
-    if finished.returncode != 0:
-        # The step has said what went wrong; a step stopped part way continues on the next run.
-        raise UsageError(f"step '{step.name}' stopped (exit {finished.returncode}); fix what it said and run "
+    child = subprocess.Popen(command, env=environment)
+    # Ctrl-C or SIGTERM is passed on to the step, which stops the way it stops on its own (a
+    # training run saves OUT/last.pt at its next step), and waited for: nothing is cut half-written.
+    interrupted = []
+
+    def pass_on(signum, frame):
+        interrupted.append(signum)
+        child.send_signal(signum)
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if interrupted:
+        raise UsageError(f"interrupted during step '{step.name}'; run python -m training.reproduce again to "
+                         f"continue from there")
+    if returncode != 0:
+        raise UsageError(f"step '{step.name}' stopped (exit {returncode}); fix what it said and run "
                          f"python -m training.reproduce again to continue from there")
     print(f"[reproduce] {step.name}: done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
