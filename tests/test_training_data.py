@@ -134,16 +134,38 @@ def test_a_corpus_manifest_decides_the_split_and_a_broken_one_is_one_line(tmp_pa
 
 def test_fresh_text_crops_are_seeded_pages_of_print_softened_on_request():
     from training.text_pages import text_crop
-    crop = text_crop(96, np.random.default_rng(0), soft_share=0.0)
+    crop = text_crop(96, np.random.default_rng(0), soft_share=0.0, enlarged_share=0.0)
     assert crop.shape == (96, 96, 3) and crop.dtype == np.float32 and 0 <= crop.min() and crop.max() <= 1
-    assert np.array_equal(crop, text_crop(96, np.random.default_rng(0), soft_share=0.0))
-    assert not np.array_equal(crop, text_crop(96, np.random.default_rng(1), soft_share=0.0))
+    assert np.array_equal(crop, text_crop(96, np.random.default_rng(0), soft_share=0.0, enlarged_share=0.0))
+    assert not np.array_equal(crop, text_crop(96, np.random.default_rng(1), soft_share=0.0, enlarged_share=0.0))
     # Flat ground under strokes with the contrast of ink on paper...
     steps = np.abs(np.diff(crop.mean(axis=2), axis=1))
     assert np.median(steps) < 0.02 and np.percentile(steps, 99) > 0.2
     # ... and the same page photographed a little soft has less energy in its steps.
-    soft = text_crop(96, np.random.default_rng(0), soft_share=1.0)
+    soft = text_crop(96, np.random.default_rng(0), soft_share=1.0, enlarged_share=0.0)
     assert (np.diff(soft.mean(axis=2), axis=1) ** 2).mean() < 0.8 * (steps ** 2).mean()
+
+
+def test_enlarged_text_crops_are_a_smaller_page_blown_up():
+    from training.text_pages import TEXT_CROP_ENLARGEMENT, text_crop, text_page
+    large = text_crop(96, np.random.default_rng(3), enlarged_share=1.0)
+    assert large.shape == (96, 96, 3) and large.dtype == np.float32 and 0 <= large.min() and large.max() <= 1
+    replay = np.random.default_rng(3)
+    replay.random()
+    factor = replay.uniform(*TEXT_CROP_ENLARGEMENT)
+    side = int(round(96 / factor))
+    assert 96 / TEXT_CROP_ENLARGEMENT[1] - 1 <= side <= 96 / TEXT_CROP_ENLARGEMENT[0] + 1
+    small = text_page(side, replay).astype(np.float32) / 255
+    assert np.allclose(large, np.clip(cv2.resize(small, (96, 96), interpolation=cv2.INTER_CUBIC), 0, 1), atol=1e-6)
+    # Wide soft strokes: its steps carry less energy than small print's, with nothing blurred.
+    crisp = text_crop(96, np.random.default_rng(3), soft_share=0.0, enlarged_share=0.0)
+    energy = lambda img: (np.diff(img.mean(axis=2), axis=1) ** 2).mean()
+    assert energy(large) < 0.6 * energy(crisp)
+    # The share is a probability: never at 0, always at 1.
+    draws = [np.random.default_rng(k) for k in range(20)]
+    assert all(not np.allclose(text_crop(32, rng, enlarged_share=0.0),
+                               text_crop(32, np.random.default_rng(k), enlarged_share=1.0))
+               for k, rng in enumerate(draws))
 
 
 def test_text_page_crops_pair_each_fresh_page_with_its_degraded_frame():

@@ -1,5 +1,6 @@
 """Procedural pages of text: what ``training.corpus --text-pages N`` adds to a corpus, and the
-fresh crops of small print that ``training.distill --correct-source text-pages`` teaches from.
+fresh crops of print, small and large, that ``training.distill --correct-source text-pages``
+teaches from.
 
 Documents, slides and screens held up to a webcam are fine strokes of high contrast on flat
 ground, which photographs hardly contain. A frame full of such strokes is also what the
@@ -79,10 +80,25 @@ TEXT_CROP_SCALES = (1.0, 1.5, 2.0, 3.0)
 TEXT_CROP_SOFTNESS = (0.3, 0.6)
 
 
-def text_crop(crop: int, rng: np.random.Generator, soft_share: float = 0.5) -> np.ndarray:
-    """A crop×crop float32 RGB page of text in [0, 1], freshly drawn: a `text_page` at one of
-    TEXT_CROP_SCALES times the crop, reduced with an area filter, and softened a little
-    (TEXT_CROP_SOFTNESS) with probability `soft_share`."""
+# Large print in focus: a page held close to the camera, or the big type of a slide. Drawn at
+# 1/1.5–1/3 of the crop and enlarged with cubic interpolation, its strokes are wide and soft
+# though nothing blurred them. Without such crops the student sharpens large soft print as if
+# it were small print blurred, past the page itself (MODEL_CARD.md, "Twelfth round").
+TEXT_CROP_ENLARGEMENT = (1.5, 3.0)
+TEXT_CROP_ENLARGED_SHARE = 0.25
+
+
+def text_crop(crop: int, rng: np.random.Generator, soft_share: float = 0.5,
+              enlarged_share: float = TEXT_CROP_ENLARGED_SHARE) -> np.ndarray:
+    """A crop×crop float32 RGB page of text in [0, 1], freshly drawn. With probability
+    `enlarged_share`, large print: a `text_page` 1/TEXT_CROP_ENLARGEMENT of the crop, enlarged
+    with cubic interpolation. Otherwise small print: a `text_page` at one of TEXT_CROP_SCALES
+    times the crop, reduced with an area filter, and softened a little (TEXT_CROP_SOFTNESS)
+    with probability `soft_share`."""
+    if rng.random() < enlarged_share:
+        factor = float(rng.uniform(*TEXT_CROP_ENLARGEMENT))
+        page = text_page(int(round(crop / factor)), rng).astype(np.float32) / 255
+        return np.clip(cv2.resize(page, (crop, crop), interpolation=cv2.INTER_CUBIC), 0, 1).astype(np.float32)
     scale = float(rng.choice(TEXT_CROP_SCALES))
     page = text_page(int(round(crop * scale)), rng).astype(np.float32) / 255
     if scale != 1.0:
