@@ -3,6 +3,8 @@ how it compares its result with the bundled student."""
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +187,17 @@ def test_a_step_made_again_makes_every_later_step_again(tmp_path, recorded):
     steps[5].done_when.unlink()  # a new INT8 file: the held-out table of the old one is out of date
     result = reproduce.main(["--out", opts.out, "--data", opts.data])
     assert result["ran"] == ["INT8", "held-out table"]
+
+
+def test_the_command_line_lists_the_recipe_and_refuses_bad_threads(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = ["--out", str(tmp_path / "runs"), "--data", str(tmp_path / "photos")]
+    listed = subprocess.run([sys.executable, "-m", "training.reproduce", *args, "--dry-run"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    steps = reproduce.recipe(reproduce.Options(out=args[1], data=args[3]))
+    assert [line.split(": ", 1)[1] for line in listed.stdout.splitlines()] == [reproduce.shell_line(s) for s in steps]
+    refused = subprocess.run([sys.executable, "-m", "training.reproduce", *args, "--threads", "0"], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and refused.stderr.strip().splitlines() == [
+        "error: --threads 0 must be at least 1"]
