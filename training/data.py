@@ -6,7 +6,7 @@ Four sources, one shape of sample — a tuple of C×H×W float tensors in [0, 1]
 - ``PairedCrops``: the original project's ``blur/`` + ``sharp/`` folders, matched by
   file name -> ``(blurred, sharp)``;
 - ``UnpairedCrops``: frames with no sharp reference (own webcam) -> ``(frame,)``;
-- ``TextPageCrops``: procedural pages of small print, drawn fresh -> ``(degraded, sharp)``.
+- ``TextPageCrops``: procedural pages of print, small and large, drawn fresh -> ``(degraded, sharp)``.
 
 Randomness is keyed by (seed, sample key), never by worker or process state, so a
 sample is the same whichever DataLoader worker or DDP rank draws it, and a resumed
@@ -244,7 +244,7 @@ class SyntheticPairs(Dataset):
 
 
 class TextPageCrops(Dataset):
-    """Fresh pages of small print (`training.text_pages.text_crop`) -> (degraded, sharp)
+    """Fresh pages of print (`training.text_pages.text_crop`) -> (degraded, sharp)
     crops; ``length`` crops per epoch, each drawn anew from its key. What a frame full of
     text teaches: that its strokes, steep as they look, may still be soft."""
 

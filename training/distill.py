@@ -93,8 +93,8 @@ class Options(loop.LoopOptions):
                                     "student something new", choices=sorted(degrade.PRESETS))
     correct_share: float = option(0.5, "with --anchor: the share of the pool drawn from --correct")
     correct_source: str = option("photos", "with --anchor: what the --correct crops are cut from: the "
-                                 "training photos, or fresh pages of small print (training.text_pages), "
-                                 "half of them photographed a little soft", choices=["photos", "text-pages"])
+                                 "training photos, or fresh pages of print (training.text_pages): mostly small "
+                                 "print, half of it photographed a little soft, and a quarter large print", choices=["photos", "text-pages"])
     int8_aware: bool = option(False, "train (in fp32) through a simulation of training.quantize's INT8 "
                                      "rounding (ranges calibrated on the first training crops), so the "
                                      "INT8 model loses less; for fine-tuning with --init")

@@ -81,7 +81,7 @@ def recipe(opts: Options) -> list[Step]:
     text, text8 = out / "realtime-text", out / "realtime-text-int8"
     ground_truth = ("--alpha", "1", "--beta", "0")
     # The text steps: 70 % of the pool labelled by the student's own output (the anchor),
-    # 30 % fresh pages of small print labelled by the sharp page.
+    # 30 % fresh pages of print, small and large, labelled by the sharp page.
     text_pages = ("--data", data, "--degradation", "webcam", "--correct", "webcam",
                   "--correct-source", "text-pages", "--correct-share", "0.3", *ground_truth,
                   "--pool", "8000", "--crop", "160", "--batch-size", "6", "--epochs", "1000")
