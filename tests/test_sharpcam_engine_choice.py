@@ -202,6 +202,19 @@ def test_cli_sharpens_two_frames_at_once_on_two_cores_by_default(cores, at_once,
     assert ("2 at once" in line) == at_once
 
 
+@pytest.mark.parametrize("cores, at_once", [(2, True), (1, False)])
+def test_cli_with_threads_fixed_still_sharpens_two_frames_at_once_on_two_cores(cores, at_once, tmp_path, capsys,
+                                                                                fp32_model, monkeypatch):
+    # --threads sets the threads of each frame; how many frames go at once is a separate
+    # choice, and one frame cannot keep two threads busy.
+    monkeypatch.setattr("sharpcam.engine.os.cpu_count", lambda: cores)
+    rc = main(["--demo", "--vcam", "--output", str(tmp_path / "out.avi"), "--max-frames", "4", "--width", "64",
+               "--height", "48", "--fps", "20", "--model", str(fp32_model), "--tile", "0", "--threads", "2"])
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("sharpcam: model ")]
+    assert rc == 0 and "2 threads" in line
+    assert ("2 at once" in line) == at_once
+
+
 def test_bench_times_both_precisions(capsys, fp32_model):
     build_test_model(int8_sibling(fp32_model), seed=1)
     assert main(["bench", "--model", str(fp32_model), "--threads", "1", "--sizes", "64x48",
