@@ -191,27 +191,17 @@ def test_cli_threads_auto_measures_against_the_cameras_frame_interval(tmp_path, 
     assert f"share of a frame: {MODEL_SHARE_OF_FRAME * 50:.1f} ms" in line  # 20 frames/s: 50 ms
 
 
+@pytest.mark.parametrize("threads, per_frame", [([], "1 thread"), (["--threads", "2"], "2 threads")])
 @pytest.mark.parametrize("cores, at_once", [(2, True), (1, False)])
-def test_cli_sharpens_two_frames_at_once_on_two_cores_by_default(cores, at_once, tmp_path, capsys, fp32_model,
-                                                                 monkeypatch):
+def test_cli_sharpens_two_frames_at_once_on_two_cores_by_default(cores, at_once, threads, per_frame, tmp_path,
+                                                                 capsys, fp32_model, monkeypatch):
+    # --threads sets the threads of each frame (one under auto while frames go two at once);
+    # how many frames go at once is a separate choice: one frame cannot keep two threads busy.
     monkeypatch.setattr("sharpcam.engine.os.cpu_count", lambda: cores)
     rc = main(["--demo", "--vcam", "--output", str(tmp_path / "out.avi"), "--max-frames", "4", "--width", "64",
-               "--height", "48", "--fps", "20", "--model", str(fp32_model), "--tile", "0"])
+               "--height", "48", "--fps", "20", "--model", str(fp32_model), "--tile", "0", *threads])
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("sharpcam: model ")]
-    assert rc == 0 and "1 thread" in line and "2 threads" not in line  # one thread per frame either way
-    assert ("2 at once" in line) == at_once
-
-
-@pytest.mark.parametrize("cores, at_once", [(2, True), (1, False)])
-def test_cli_with_threads_fixed_still_sharpens_two_frames_at_once_on_two_cores(cores, at_once, tmp_path, capsys,
-                                                                                fp32_model, monkeypatch):
-    # --threads sets the threads of each frame; how many frames go at once is a separate
-    # choice, and one frame cannot keep two threads busy.
-    monkeypatch.setattr("sharpcam.engine.os.cpu_count", lambda: cores)
-    rc = main(["--demo", "--vcam", "--output", str(tmp_path / "out.avi"), "--max-frames", "4", "--width", "64",
-               "--height", "48", "--fps", "20", "--model", str(fp32_model), "--tile", "0", "--threads", "2"])
-    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("sharpcam: model ")]
-    assert rc == 0 and "2 threads" in line
+    assert rc == 0 and per_frame in line and ("1 thread" in line) != ("2 threads" in line)
     assert ("2 at once" in line) == at_once
 
 
