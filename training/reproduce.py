@@ -217,7 +217,8 @@ def main(argv=None) -> dict:
             ran.append(step.name)
         result = dict(ran=ran, skipped=skipped)
         if not opts.dry_run:
-            line = comparison_line(Path(opts.out) / "realtime-text-int8" / "student.onnx", Path(opts.bundled))
+            shipped = [step.run_folder for step in steps if step.run_folder is not None][-1] / "student.onnx"
+            line = comparison_line(shipped, Path(opts.bundled))
             print(f"[reproduce] {line}", flush=True)
             result["comparison"] = line
         return result
