@@ -112,6 +112,39 @@ def test_a_model_with_the_wrong_output_shape_is_one_error_line(make_model, tmp_p
     assert message.startswith("error: ") and "\n" not in message and "bad.onnx" in message
 
 
+def test_images_scores_every_file_and_folder_given_none_held_back(test_model, tmp_path):
+    import cv2
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"f{i}.png"), (photo_like(64, 64, i) * 255).astype(np.uint8))
+    single = tmp_path / "portrait.jpg"
+    cv2.imwrite(str(single), (photo_like(64, 64, 9) * 255).astype(np.uint8))
+    report = evaluate.main(["--student", str(test_model), "--images", str(single), str(folder),
+                            "--out", str(tmp_path / "e"), "--rows", "clean", "--no-flicker", "--no-speed"])
+    # A held-out split of four files would keep one or two; every file given is scored.
+    assert report["images"] == 4
+    assert sorted(report["files"]) == ["f0.png", "f1.png", "f2.png", "portrait.jpg"]
+    assert "never trained on" in report["source"]
+
+
+@pytest.mark.parametrize("problem", ["with --data", "not an image", "missing"])
+def test_a_wrong_images_argument_is_one_error_line(problem, test_model, tmp_path):
+    import cv2
+    photo = tmp_path / "p.png"
+    cv2.imwrite(str(photo), (photo_like(64, 64) * 255).astype(np.uint8))
+    given, named = {"with --data": ([str(photo), "--data", str(tmp_path)], "--data"),
+                    "not an image": ([str(tmp_path / "notes.txt")], "notes.txt' is not an image"),
+                    "missing": ([str(tmp_path / "gone.png")], "gone.png' does not exist")}[problem]
+    (tmp_path / "notes.txt").write_text("not a photo")
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["--student", str(test_model), "--images", *given, "--out", str(tmp_path / "e"),
+                       "--rows", "clean", "--no-flicker", "--no-speed"])
+    message = str(stop.value)
+    assert message.startswith("error: ") and "\n" not in message
+    assert named in message
+
+
 def test_progress_advances_once_per_image_and_row():
     images = [photo_like(48, 64, seed) for seed in range(3)]
     ticks = []

@@ -413,6 +413,26 @@ def load_source(*, data: str | None = None, paired: Sequence[str] | None = None,
     return DataSource(kind, train_files, val_files, train_images, val_images, describe)
 
 
+def load_independent(paths: Sequence[str]) -> DataSource:
+    """Every image of the given files and folders, all of them held out: photos the corpus
+    never had (other packages' samples, a user's own frames), scored as an independent check."""
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise UsageError(f"{given!r} is not an image ({', '.join(IMAGE_EXTENSIONS)}); "
+                                 "pass image files or folders")
+            files.append(path)
+        elif path.is_dir():
+            files.extend(list_images(path))
+        else:
+            raise UsageError(f"{given!r} does not exist; pass existing image files or folders")
+    files, images = load_images(files, "images")
+    return DataSource("independent", [], files, [], images,
+                      {"kind": "independent", "root": None, "train": [], "val": _file_fingerprint(files)})
+
+
 def match_pairs(blur_dir: Path, sharp_dir: Path) -> list[tuple[str, Path, Path]]:
     """Pairs by identical relative file name; one warning line listing the unmatched."""
     blur = {str(p.relative_to(blur_dir)): p for p in list_images(blur_dir)}

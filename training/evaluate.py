@@ -11,7 +11,8 @@ its amount tuned per row on these very images (the strongest classical filter, a
 oracle), the teacher, the student in PyTorch and the student as ONNX run exactly as
 sharpcam runs it (uint8 BGR frame, its tiler, its onnxruntime engine).
 Images are the held-out split of the data, whole (``--crop 0``), never trained on; by
-default scikit-image's held-out photos. Also measured: flicker and edge contrast on
+default scikit-image's held-out photos. ``--images`` scores other files whole instead,
+every one of them: an independent check on photos the corpus never had. Also measured: flicker and edge contrast on
 clips with fresh sensor noise per frame (``training.flicker``), and the ONNX student's
 speed: ms per 256×256 tile and frames/s at 1280×720 on the CPU.
 Each row is then held to its release bar (`release_bars`: clean frames ≥ 40 dB, the tuned
@@ -67,6 +68,9 @@ class Options:
     data: Optional[str] = option(None, "folder whose held-out split is used; default: scikit-image's photos")
     paired: Optional[list[str]] = option(None, "BLUR_DIR SHARP_DIR: adds a 'paired' row on the held-out pairs",
                                          nargs=2, metavar=("BLUR_DIR", "SHARP_DIR"))
+    images: Optional[list[str]] = option(None, "image files or folders scored whole, every one held out "
+                                               "(photos the corpus never had: an independent check); "
+                                               "instead of --data", nargs="+", metavar="PATH")
     val_fraction: float = option(0.15, "the split used in training (by name hash)")
     crop: int = option(0, "evaluate the centre crop of this size of each image (0: whole images)")
     max_images: Optional[int] = option(None, "evaluate at most this many held-out images (smoke runs)")
@@ -345,7 +349,7 @@ def report_markdown(report: dict) -> str:
     size = "whole images" if not report["crop"] else f"centre {report['crop']}×{report['crop']} crops"
     lines = ["# SharpCam held-out evaluation",
              "",
-             f"{report['images']} held-out images ({report['source']}), {size}; PSNR (dB) / SSIM against "
+             f"{report['images']} held-out image{'s' if report['images'] != 1 else ''} ({report['source']}), {size}; PSNR (dB) / SSIM against "
              f"the sharp image, mean over images (PSNR of identical images is capped at 100 dB). "
              f"The tuned unsharp mask's amount (σ {UNSHARP_SIGMA:g}) is chosen per row on these images.",
              "",
@@ -478,7 +482,10 @@ def run(opts: Options) -> dict:
     notes = []
 
     # --- data -------------------------------------------------------------------------
-    source = datasets.load_source(data=opts.data, val_fraction=opts.val_fraction)
+    if opts.images and opts.data:
+        raise UsageError("pass either --images (score every image given) or --data (score its held-out split)")
+    source = (datasets.load_independent(opts.images) if opts.images
+              else datasets.load_source(data=opts.data, val_fraction=opts.val_fraction))
     images = source.val_images[:opts.max_images] if opts.max_images else source.val_images
     if not images:
         raise UsageError("the data has no held-out images (it needs at least two files); "
@@ -562,7 +569,8 @@ def run(opts: Options) -> dict:
     if paired_samples:
         presets["paired"] = f"held-out real pairs from {opts.paired[0]}"
     bars = release_bars(table, steadiness)
-    report = dict(source=source.kind if source.kind != "builtin" else "scikit-image photos",
+    source_titles = {"builtin": "scikit-image photos", "independent": "given with --images, never trained on"}
+    report = dict(source=source_titles.get(source.kind, source.kind),
                   files=[f.name for f in source.val_files[:len(images)]], images=len(images), crop=opts.crop,
                   presets=presets, table=table, unsharp_tuned_amounts=amounts, flicker=steadiness,
                   bars=bars, bars_lost=where_bars_are_lost(table, bars, [f.name for f in source.val_files[:len(images)]]),
