@@ -43,7 +43,7 @@ STUDENT_PRESETS: dict[str, dict] = {
     # level. Built for onnxruntime on a laptop CPU, where the full-resolution band maths and
     # the finer levels cost the most: a 1×1 stem, one residual block, at 1/16 only, and a
     # 1×1 head; two bands, not three. 0.55 GFLOP/720p, 0.70× the time of the design before
-    # it at the same held-out mix (MODEL_CARD.md, "Fourth round"); the block-edge contrast
+    # it at the same held-out mix (docs/design_rounds.md, "Fourth round"); the block-edge contrast
     # costs 1–5 % more time and brings JPEG and noise up ("Fifth round").
     "realtime": dict(widths=[12, 24, 48], blocks=[0, 0, 1], unshuffle=4, head_kernel=1,
                      global_residual=True, bands=[3, 9], luma_input=True, band_energy=True,

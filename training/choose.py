@@ -1,7 +1,7 @@
 """Choose among trained students on the training photos: ``python -m training.choose``.
 
 Seeds of one recipe land far apart: on mild blur two seeds of the same command differ by
-0.2–1.2 dB held out (MODEL_CARD.md, "Seventh round"), as much as two designs do. Keeping
+0.2–1.2 dB held out (docs/design_rounds.md, "Seventh round"), as much as two designs do. Keeping
 the run with the best held-out rows would turn those rows into a number the run was
 picked on. This command picks on the corpus's *training* photos instead: each candidate
 is scored there, whole, on every row of `training.evaluate` (the same degradations, the

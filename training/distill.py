@@ -14,7 +14,7 @@ through a simulation of ``training.quantize``'s INT8 rounding, so the INT8 model
 is made from the result loses less to it. ``--anchor STUDENT --correct PRESET`` fine-tunes
 without forgetting: the --degradation crops are labelled by the frozen STUDENT's own
 output, the --correct crops by the sharp photo, so only what the latter teach changes
-(the JPEG round in MODEL_CARD.md). Validation PSNR/SSIM on
+(docs/design_rounds.md, "Eighth round"). Validation PSNR/SSIM on
 held-out files each epoch (or ``--eval-every``). Resumable (``--resume``), DDP under ``torchrun``. Writes OUT/student.pt,
 OUT/student.onnx (parity checked), OUT/metrics.json, OUT/log.jsonl, OUT/loss.png.
 """

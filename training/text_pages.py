@@ -5,7 +5,7 @@ teaches from.
 Documents, slides and screens held up to a webcam are fine strokes of high contrast on flat
 ground, which photographs hardly contain. A frame full of such strokes is also what the
 student's frame-wide judgement misreads: even softened, its edges are steeper than a sharp
-photo's, so it reads as already crisp (MODEL_CARD.md, "Eleventh round").
+photo's, so it reads as already crisp (docs/design_rounds.md, "Eleventh round").
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ TEXT_CROP_SOFTNESS = (0.3, 0.6)
 # Large print in focus: a page held close to the camera, or the big type of a slide. Drawn at
 # 1/1.5–1/3 of the crop and enlarged with cubic interpolation, its strokes are wide and soft
 # though nothing blurred them. Without such crops the student sharpens large soft print as if
-# it were small print blurred, past the page itself (MODEL_CARD.md, "Twelfth round").
+# it were small print blurred, past the page itself (docs/design_rounds.md, "Twelfth round").
 TEXT_CROP_ENLARGEMENT = (1.5, 3.0)
 TEXT_CROP_ENLARGED_SHARE = 0.25
 
