@@ -96,6 +96,25 @@ def test_synthetic_samples_are_deterministic_per_key_and_cropped(tmp_path):
     assert not torch.equal(ds[3][1], ds[4][1])
 
 
+def test_contrast_flattens_the_sharp_crop_and_its_degraded_frame_alike(tmp_path):
+    write_images(tmp_path, [f"{i}.png" for i in range(3)], size=(80, 70))
+    source = data.load_source(data=str(tmp_path))
+    # σ 0.5 blur alone: linear, so a flattened crop blurs into the flattened blur.
+    plain = data.train_dataset(source, crop=64, degradation="seed", seed=5, crops_per_image=2)
+    flat = data.train_dataset(source, crop=64, degradation="seed", seed=5, crops_per_image=2,
+                              contrast=(0.5, 0.5))
+    for key in range(4):
+        (before, before_sharp), (after, after_sharp) = plain[key], flat[key]
+        # The same crop, its deviations from the mean halved, in target and input alike.
+        mean = before_sharp.mean()
+        assert torch.allclose(after_sharp - mean, 0.5 * (before_sharp - mean), atol=1e-5)
+        assert torch.allclose(after - mean, 0.5 * (before - mean), atol=1e-4)
+    # Without --contrast the samples are the ones every earlier run drew.
+    again = data.train_dataset(source, crop=64, degradation="webcam", seed=5, crops_per_image=2)
+    first = data.train_dataset(source, crop=64, degradation="webcam", seed=5, crops_per_image=2, contrast=None)
+    assert all(torch.equal(a, b) for key in range(4) for a, b in zip(again[key], first[key]))
+
+
 def test_run_sampler_shards_epochs_over_ranks_and_skips_for_resume():
     full = list(data.RunSampler(10, 0, 2, start_epoch=2, end_epoch=3))
     assert sorted(k - 20 for k in full) == list(range(10))

@@ -517,6 +517,8 @@ def test_an_anchored_fine_tune_can_correct_on_fresh_text_pages_instead_of_photos
     (["--anchor", "shipped", "--correct", "compressed", "--pool", "8", "--correct-share", "0.01"],
      "leaves one side without crops"),
     (["--correct-source", "text-pages", "--pool", "8"], "--correct-source text-pages only applies beside --anchor"),
+    (["--contrast", "0", "1"], "--contrast 0 1 must be two factors with 0 < LOW <= HIGH"),
+    (["--contrast", "1", "0.5"], "--contrast 1 0.5 must be two factors"),
 ])
 def test_anchored_fine_tune_options_are_checked_in_one_line(image_dir, tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):

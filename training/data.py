@@ -214,13 +214,24 @@ def sample_rng(seed: int, key: int) -> np.random.Generator:
 # --- datasets ------------------------------------------------------------------------
 
 
+def scaled_contrast(image: np.ndarray, rng: np.random.Generator, low: float, high: float) -> np.ndarray:
+    """The image with its contrast about its mean scaled by a factor drawn log-uniformly
+    from [low, high]: the same scene in flatter (or harder) light."""
+    factor = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    mean = image.mean(dtype=np.float64)
+    return np.clip(mean + factor * (image - mean), 0, 1).astype(np.float32)
+
+
 class SyntheticPairs(Dataset):
-    """Sharp images -> (degraded, sharp) random crops; ``crops_per_image`` crops per epoch."""
+    """Sharp images -> (degraded, sharp) random crops; ``crops_per_image`` crops per epoch.
+    ``contrast=(low, high)`` scales each sharp crop's contrast first (`scaled_contrast`),
+    so the sharp target and what is degraded are the same flatter crop."""
 
     def __init__(self, images: Sequence[np.ndarray], crop: int, degradation: str = "webcam",
                  seed: int = 0, crops_per_image: int = 16, augment: bool = True,
-                 always_degrade: bool = False):
+                 always_degrade: bool = False, contrast: tuple[float, float] | None = None):
         self.images, self.crop, self.seed = list(images), crop, seed
+        self.contrast = contrast
         # Validation wants every crop degraded: an untouched crop scores infinite PSNR
         # and would swamp the mean.
         self.always_degrade = always_degrade
@@ -237,6 +248,8 @@ class SyntheticPairs(Dataset):
         (sharp,) = random_crop([sharp], self.crop, rng)
         if self.augment:
             (sharp,) = random_flip_rotate([sharp], rng)
+        if self.contrast:
+            sharp = scaled_contrast(sharp, rng, *self.contrast)
         degraded = self.degrade(sharp, rng)
         while self.always_degrade and degraded is sharp:
             degraded = self.degrade(sharp, rng)
@@ -487,12 +500,13 @@ def _load_paired(blur_dir: str, sharp_dir: str, val_fraction: float) -> DataSour
 
 
 def train_dataset(source: DataSource, *, crop: int, degradation: str, seed: int,
-                  crops_per_image: int, resize: int | None = None) -> Dataset:
+                  crops_per_image: int, resize: int | None = None,
+                  contrast: tuple[float, float] | None = None) -> Dataset:
     if source.kind == "paired":
         return PairedCrops(source.train_images, crop, seed, crops_per_image, resize=resize)
     if source.kind == "unpaired":
         return UnpairedCrops(source.train_images, crop, seed, crops_per_image)
-    return SyntheticPairs(source.train_images, crop, degradation, seed, crops_per_image)
+    return SyntheticPairs(source.train_images, crop, degradation, seed, crops_per_image, contrast=contrast)
 
 
 def validation_batch(source: DataSource, *, crop: int, degradation: str, seed: int,

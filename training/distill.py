@@ -92,6 +92,10 @@ class Options(loop.LoopOptions):
     correct: Optional[str] = option(None, "with --anchor: the degradation preset whose crops teach the "
                                     "student something new", choices=sorted(degrade.PRESETS))
     correct_share: float = option(0.5, "with --anchor: the share of the pool drawn from --correct")
+    contrast: Optional[list[float]] = option(None, "LOW HIGH: scale each sharp photo crop's contrast about its "
+                                                   "mean by a factor drawn log-uniformly from [LOW, HIGH] before "
+                                                   "degrading it (scenes in flatter light)",
+                                             nargs=2, metavar=("LOW", "HIGH"))
     correct_source: str = option("photos", "with --anchor: what the --correct crops are cut from: the "
                                  "training photos, or fresh pages of print (training.text_pages): mostly small "
                                  "print, half of it photographed a little soft, and a quarter large print", choices=["photos", "text-pages"])
@@ -197,6 +201,9 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     if opts.correct_source != "photos" and not opts.anchor:
         raise UsageError(f"--correct-source {opts.correct_source} only applies beside --anchor STUDENT "
                          "--correct PRESET; pass those too, or leave it out")
+    if opts.contrast and not 0 < opts.contrast[0] <= opts.contrast[1]:
+        raise UsageError(f"--contrast {opts.contrast[0]:g} {opts.contrast[1]:g} must be two factors with "
+                         "0 < LOW <= HIGH (1 1 leaves the contrast alone; 0.3 1 flattens up to ×0.3)")
     if opts.anchor and not 0 < opts.correct_share < 1:
         raise UsageError(f"--correct-share {opts.correct_share} must be between 0 and 1 (a share of the pool)")
 
@@ -205,7 +212,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
                                   val_fraction=opts.val_fraction)
     train_set = datasets.train_dataset(source, crop=opts.crop, degradation=opts.degradation,
                                        seed=opts.seed, crops_per_image=opts.crops_per_image,
-                                       resize=opts.resize)
+                                       resize=opts.resize, contrast=tuple(opts.contrast) if opts.contrast else None)
     val_batch = datasets.validation_batch(source, crop=opts.crop, degradation=opts.degradation,
                                           seed=opts.seed, resize=opts.resize)
 
@@ -246,7 +253,8 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
             correct_set = datasets.TextPageCrops(opts.crop, opts.correct, seed=opts.seed + 1, length=corrected)
         else:
             correct_set = datasets.train_dataset(source, crop=opts.crop, degradation=opts.correct,
-                                                 seed=opts.seed + 1, crops_per_image=opts.crops_per_image)
+                                                 seed=opts.seed + 1, crops_per_image=opts.crops_per_image,
+                                                 contrast=tuple(opts.contrast) if opts.contrast else None)
         train_set = datasets.CropPool.concatenate(
             [datasets.CropPool.build(datasets.Flagged(train_set, 1.0), opts.pool - corrected, seed=opts.seed),
              datasets.CropPool.build(datasets.Flagged(correct_set, 0.0), corrected, seed=opts.seed + 1)],
