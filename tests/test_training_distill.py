@@ -81,6 +81,11 @@ def test_distill_lowers_loss_and_writes_checkpoint_and_parity_checked_onnx(image
     assert result["onnx_max_abs_diff"] <= 1e-4
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 40 and metrics["validation"]["final"]["psnr"] > 0
+    # What another machine needs to know to make the same weights.
+    import cv2
+    environment = metrics["environment"]
+    assert environment["torch"] == torch.__version__ and environment["opencv"] == cv2.__version__
+    assert environment["numpy"] == np.__version__ and isinstance(environment["cpu_vector"], list)
 
     # Same teacher, data, degradation and seed: the cache is hit, the teacher never re-run.
     def no_rebuild(*a, **k):

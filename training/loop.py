@@ -352,6 +352,7 @@ def finish(out: Path, outcome: Outcome, *, command: str, plot_title: str, runtim
                   **specific,
                   validation=dict(baseline=validation.baseline if validation else {}, final=outcome.final,
                                   history=outcome.history),
+                  environment=runlog.environment(),
                   options=dataclasses.asdict(opts))
     runlog.write_json(out / "metrics.json", result)
     runlog.plot_curves(outcome.records, out / "loss.png", plot_title)

@@ -148,9 +148,9 @@ def comparison_line(made: Path, bundled: Path) -> str:
         return f"{made}: all {len(differences)} weight tensors are identical to {bundled}"
     differing = sum(d > 0 for d in differences.values())
     return (f"{made}: {differing} of {len(differences)} weight tensors differ from {bundled} "
-            f"(largest |difference| {worst:.3g}). Another thread count, CPU, GPU or corpus changes "
-            f"the weights; compare the held-out tables instead (OUT/evaluate/report.md against "
-            f"MODEL_CARD.md)")
+            f"(largest |difference| {worst:.3g}). Another thread count, CPU (AVX2 or AVX-512), OpenCV "
+            f"(it draws the text pages), GPU or corpus changes the weights, as each run's metrics.json "
+            f"records; compare the held-out tables instead (OUT/evaluate/report.md against MODEL_CARD.md)")
 
 
 def run_step(step: Step, threads: int) -> None:

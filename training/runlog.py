@@ -18,6 +18,33 @@ from models.checkpoint import CheckpointError, load_checkpoint
 from training.errors import UsageError
 
 
+# What makes a CPU's float sums come out in another order: on an AVX-512 machine the
+# same command on one thread trains other weights than on an AVX2 one.
+VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def environment() -> dict:
+    """What a run's weights depend on besides its command and data: the versions of the
+    libraries that draw and degrade its crops and train it, and the CPU's vector
+    instructions. Two runs of one command agree bit for bit only where these agree."""
+    import platform
+
+    import cv2
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass  # not Linux: the processor's name is all there is
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "opencv": cv2.__version__, "cpu": cpu, "cpu_vector": [f for f in VECTOR_FLAGS if f in flags]}
+
+
 def write_json(path: Path, obj) -> None:
     write_atomically(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
