@@ -18,8 +18,8 @@ from models.checkpoint import CheckpointError, load_checkpoint
 from training.errors import UsageError
 
 
-# What makes a CPU's float sums come out in another order: on an AVX-512 machine the
-# same command on one thread trains other weights than on an AVX2 one.
+# The vector instructions that decide in which order a CPU's kernels sum: the same
+# command on one thread can train other weights on an AVX-512 machine than on an AVX2 one.
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 
