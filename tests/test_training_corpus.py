@@ -109,24 +109,30 @@ License: CC-BY-4.0
 """
 
 
-def build_deb(tmp_path, debs):
+def pack_deb(root, debs, package, version, copyright_text):
+    """Package the files under `root` as PACKAGE_VERSION_all.deb in `debs`, with a DEP-5
+    copyright file, as Debian ships them."""
     if shutil.which("dpkg-deb") is None:
         pytest.skip("dpkg-deb is not installed (Debian/Ubuntu only)")
+    doc = root / "usr/share/doc" / package
+    doc.mkdir(parents=True, exist_ok=True)
+    (doc / "copyright").write_text(copyright_text)
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN/control").write_text(f"Package: {package}\nVersion: {version}\nArchitecture: all\n"
+                                         "Maintainer: Test <t@example.org>\nDescription: test package\n")
+    debs.mkdir()
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(debs / f"{package}_{version}_all.deb")],
+                   check=True, capture_output=True)
+
+
+def build_deb(tmp_path, debs):
     root = tmp_path / "pkg"
     walls = root / "usr/share/backgrounds/x"
     save(walls / "photo.jpg", fake_photo(800, 600, 5))
     save(walls / "other.png", fake_photo(700, 560, 6))
     save(walls / "gradient.png", gradient(800, 600))
     (walls / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
-    doc = root / "usr/share/doc/fakewalls"
-    doc.mkdir(parents=True)
-    (doc / "copyright").write_text(COPYRIGHT)
-    (root / "DEBIAN").mkdir()
-    (root / "DEBIAN/control").write_text("Package: fakewalls\nVersion: 1.0-1\nArchitecture: all\n"
-                                         "Maintainer: Test <t@example.org>\nDescription: test wallpapers\n")
-    debs.mkdir()
-    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(debs / "fakewalls_1.0-1_all.deb")],
-                   check=True, capture_output=True)
+    pack_deb(root, debs, "fakewalls", "1.0-1", COPYRIGHT)
 
 
 def test_debian_package_licences_come_from_the_matching_dep5_stanza(tmp_path, monkeypatch):

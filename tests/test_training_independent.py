@@ -2,13 +2,12 @@
 matplotlib's portrait, reduced, with their licences; re-runs and a missing apt. No network."""
 import json
 import shutil
-import subprocess
 
 import cv2
 import matplotlib
 import pytest
 
-from test_training_corpus import fake_photo, save
+from test_training_corpus import fake_photo, pack_deb, save
 from training import independent
 
 COPYRIGHT = """\
@@ -26,23 +25,13 @@ License: BSD-3-Clause
 
 
 def build_opencv_doc(tmp_path, debs):
-    if shutil.which("dpkg-deb") is None:
-        pytest.skip("dpkg-deb is not installed (Debian/Ubuntu only)")
     root = tmp_path / "pkg"
     data = root / independent.OPENCV_FOLDER
     save(data / "apple.jpg", fake_photo(512, 512, 1))
     save(data / "graf1.png", fake_photo(800, 640, 2))
     save(data / "graf3.png", fake_photo(800, 640, 3))         # the other half of a pair
     save(data / "starry_night.jpg", fake_photo(752, 600, 4))  # a painting
-    doc = root / "usr/share/doc/opencv-doc"
-    doc.mkdir(parents=True, exist_ok=True)
-    (doc / "copyright").write_text(COPYRIGHT)
-    (root / "DEBIAN").mkdir()
-    (root / "DEBIAN/control").write_text("Package: opencv-doc\nVersion: 4.6.0-1\nArchitecture: all\n"
-                                         "Maintainer: Test <t@example.org>\nDescription: test docs\n")
-    debs.mkdir()
-    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(debs / "opencv-doc_4.6.0-1_all.deb")],
-                   check=True, capture_output=True)
+    pack_deb(root, debs, "opencv-doc", "4.6.0-1", COPYRIGHT)
 
 
 @pytest.fixture
