@@ -215,15 +215,24 @@ def dep5_matches(pattern: str, path: str) -> bool:
     return bool(head) and not name.startswith(("*", "?")) and bool(dep5_regex(name).match(parts[-1]))
 
 
-def licence_for(path: str, dep5: Optional[tuple[dict, list[dict]]], package: str) -> tuple[str, Optional[str]]:
-    """(licence, copyright) of an installed file: the last matching Files stanza wins (DEP-5)."""
+def licence_for(path: str, dep5: Optional[tuple[dict, list[dict]]], package: str,
+                source_path: bool = False) -> tuple[str, Optional[str]]:
+    """(licence, copyright) of an installed file: the last matching Files stanza wins (DEP-5).
+    With `source_path` the path is the file's own in the source tree, matched whole: the
+    installed-path match, which also tries every tail, would read samples/data/x.jpg as a
+    top-level data/*."""
     where = f"usr/share/doc/{package}/copyright"
     if dep5 is None:
         return f"unknown (not machine-readable; see {where})", None
     header, stanzas = dep5
+
+    def matches(pattern: str) -> bool:
+        if source_path:
+            return bool(dep5_regex(pattern.removeprefix("./")).match(path))
+        return dep5_matches(pattern, path)
     match = None
     for stanza in stanzas:
-        if any(dep5_matches(p, path) for p in stanza["files"].split()):
+        if any(matches(p) for p in stanza["files"].split()):
             match = stanza
     # The first line of a License field is the short name; the rest is the text.
     if match is None:

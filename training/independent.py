@@ -69,20 +69,6 @@ class Source:
 # --- sources ---------------------------------------------------------------------------
 
 
-def source_licence(dep5, source_path: str) -> str:
-    """The licence of a file by its whole path in the source tree: the last Files stanza
-    that matches it (DEP-5). The corpus's looser match, for packages that move their
-    files, would read samples/data/x.jpg as the top-level data/* (Haar cascades)."""
-    if dep5 is None:
-        return f"unknown (see usr/share/doc/{OPENCV_PACKAGE}/copyright)"
-    header, stanzas = dep5
-    licence = header.get("license", "")
-    for stanza in stanzas:
-        if any(corpus.dep5_regex(p.removeprefix("./")).match(source_path) for p in stanza["files"].split()):
-            licence = stanza.get("license", "")
-    return licence.split("\n")[0] or f"unknown (see usr/share/doc/{OPENCV_PACKAGE}/copyright)"
-
-
 def opencv_deb(debs: Path) -> Path:
     """opencv-doc's .deb: the one in --debs, or one `apt-get download` fetches there."""
     instead = f"put {OPENCV_PACKAGE}'s .deb in {debs}, or pass --no-opencv to keep matplotlib's portrait alone"
@@ -113,7 +99,7 @@ def opencv_photos(debs: Path, into: Path) -> list[Source]:
         if not path.is_file():
             warn(f"{OPENCV_PACKAGE} {version} has no {OPENCV_FOLDER}/{name}; left out")
             continue
-        licence = source_licence(dep5, f"{OPENCV_SOURCE_FOLDER}/{name}")
+        licence, _ = corpus.licence_for(f"{OPENCV_SOURCE_FOLDER}/{name}", dep5, OPENCV_PACKAGE, source_path=True)
         found.append(Source(f"opencv__{Path(name).stem}.png", path, f"debian:{OPENCV_PACKAGE}", licence, version))
     if not found:
         raise UsageError(f"{deb.name} holds none of OpenCV's sample photographs under {OPENCV_FOLDER}; "
