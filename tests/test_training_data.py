@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from training import data
+from training.degrade import get_preset
 from training.errors import UsageError
 
 
@@ -113,6 +114,45 @@ def test_contrast_flattens_the_sharp_crop_and_its_degraded_frame_alike(tmp_path)
     again = data.train_dataset(source, crop=64, degradation="webcam", seed=5, crops_per_image=2)
     first = data.train_dataset(source, crop=64, degradation="webcam", seed=5, crops_per_image=2, contrast=None)
     assert all(torch.equal(a, b) for key in range(4) for a, b in zip(again[key], first[key]))
+
+
+def test_photo_scale_cuts_the_crop_from_the_photo_seen_smaller():
+    # A photo whose columns count pixels: a crop seen at half size spans twice the columns,
+    # each output pixel the area mean of two.
+    ramp = np.broadcast_to(np.arange(400, dtype=np.float32)[None, :, None] / 400, (300, 400, 3)).copy()
+    crop = data.scaled_crop(ramp, 32, np.random.default_rng(0), 0.5, 0.5)
+    assert crop.shape == (32, 32, 3)
+    steps = np.diff(crop[0, :, 0] * 400)
+    assert np.allclose(steps, 2, atol=1e-3)
+    # Area mean, not a sample: the first column sits half a source pixel in.
+    assert abs(crop[0, 0, 0] * 400 - round(crop[0, 0, 0] * 400 - 0.5) - 0.5) < 1e-3
+    # At full size it is a plain crop.
+    full = data.scaled_crop(ramp, 32, np.random.default_rng(0), 1, 1)
+    assert np.allclose(np.diff(full[0, :, 0] * 400), 1, atol=1e-3)
+
+
+def test_photo_scale_reaches_the_training_crops_and_is_off_by_default(tmp_path):
+    write_images(tmp_path, [f"{i}.png" for i in range(3)], size=(200, 180))
+    source = data.load_source(data=str(tmp_path))
+    plain = data.train_dataset(source, crop=64, degradation="seed", seed=5, crops_per_image=2)
+    scaled = data.train_dataset(source, crop=64, degradation="seed", seed=5, crops_per_image=2, scale=(0.5, 0.5))
+    for key in range(4):
+        (_, sharp), (_, small) = plain[key], scaled[key]
+        assert small.shape == sharp.shape
+        # Seen at half size, the same noise photo has half as much of its fine detail per
+        # pixel left after area averaging: the pixel-to-pixel steps shrink.
+        step = lambda t: (t[:, :, 1:] - t[:, :, :-1]).abs().mean()
+        assert step(small) < 0.8 * step(sharp)
+    # Without --photo-scale the samples are the ones every earlier run drew: a plain crop,
+    # flipped, degraded, from the same random stream.
+    first = data.train_dataset(source, crop=64, degradation="webcam", seed=5, crops_per_image=2, scale=None)
+    for key in range(4):
+        rng = data.sample_rng(5, key)
+        (sharp,) = data.random_crop([source.train_images[key % len(source.train_images)]], 64, rng)
+        (sharp,) = data.random_flip_rotate([sharp], rng)
+        degraded = get_preset("webcam")(sharp, rng)
+        assert torch.equal(first[key][0], data.to_tensor(degraded))
+        assert torch.equal(first[key][1], data.to_tensor(sharp))
 
 
 def test_run_sampler_shards_epochs_over_ranks_and_skips_for_resume():

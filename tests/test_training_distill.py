@@ -524,6 +524,8 @@ def test_an_anchored_fine_tune_can_correct_on_fresh_text_pages_instead_of_photos
     (["--correct-source", "text-pages", "--pool", "8"], "--correct-source text-pages only applies beside --anchor"),
     (["--contrast", "0", "1"], "--contrast 0 1 must be two factors with 0 < LOW <= HIGH"),
     (["--contrast", "1", "0.5"], "--contrast 1 0.5 must be two factors"),
+    (["--photo-scale", "0.5", "2"], "--photo-scale 0.5 2 must be two scales with 0 < LOW <= HIGH <= 1"),
+    (["--photo-scale", "0", "1"], "--photo-scale 0 1 must be two scales"),
 ])
 def test_anchored_fine_tune_options_are_checked_in_one_line(image_dir, tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):

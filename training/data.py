@@ -222,16 +222,30 @@ def scaled_contrast(image: np.ndarray, rng: np.random.Generator, low: float, hig
     return np.clip(mean + factor * (image - mean), 0, 1).astype(np.float32)
 
 
+def scaled_crop(image: np.ndarray, size: int, rng: np.random.Generator, low: float, high: float) -> np.ndarray:
+    """A random size×size crop of the image seen at a scale drawn log-uniformly from
+    [low, high] ≤ 1: a window of size/scale pixels, area-downscaled to size. The same
+    photo then shows its detail at more sizes, as a camera farther off would."""
+    scale = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    window = max(size, round(size / scale))
+    (crop,) = random_crop([image], window, rng)
+    if window == size:
+        return crop
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+
+
 class SyntheticPairs(Dataset):
     """Sharp images -> (degraded, sharp) random crops; ``crops_per_image`` crops per epoch.
     ``contrast=(low, high)`` scales each sharp crop's contrast first (`scaled_contrast`),
-    so the sharp target and what is degraded are the same flatter crop."""
+    so the sharp target and what is degraded are the same flatter crop; ``scale=(low,
+    high)`` cuts each crop from the photo seen smaller (`scaled_crop`)."""
 
     def __init__(self, images: Sequence[np.ndarray], crop: int, degradation: str = "webcam",
                  seed: int = 0, crops_per_image: int = 16, augment: bool = True,
-                 always_degrade: bool = False, contrast: tuple[float, float] | None = None):
+                 always_degrade: bool = False, contrast: tuple[float, float] | None = None,
+                 scale: tuple[float, float] | None = None):
         self.images, self.crop, self.seed = list(images), crop, seed
-        self.contrast = contrast
+        self.contrast, self.scale = contrast, scale
         # Validation wants every crop degraded: an untouched crop scores infinite PSNR
         # and would swamp the mean.
         self.always_degrade = always_degrade
@@ -245,7 +259,10 @@ class SyntheticPairs(Dataset):
     def __getitem__(self, key: int):
         rng = sample_rng(self.seed, int(key))
         sharp = self.images[int(key) % len(self)  % len(self.images)]
-        (sharp,) = random_crop([sharp], self.crop, rng)
+        if self.scale:
+            sharp = scaled_crop(sharp, self.crop, rng, *self.scale)
+        else:
+            (sharp,) = random_crop([sharp], self.crop, rng)
         if self.augment:
             (sharp,) = random_flip_rotate([sharp], rng)
         if self.contrast:
@@ -501,12 +518,14 @@ def _load_paired(blur_dir: str, sharp_dir: str, val_fraction: float) -> DataSour
 
 def train_dataset(source: DataSource, *, crop: int, degradation: str, seed: int,
                   crops_per_image: int, resize: int | None = None,
-                  contrast: tuple[float, float] | None = None) -> Dataset:
+                  contrast: tuple[float, float] | None = None,
+                  scale: tuple[float, float] | None = None) -> Dataset:
     if source.kind == "paired":
         return PairedCrops(source.train_images, crop, seed, crops_per_image, resize=resize)
     if source.kind == "unpaired":
         return UnpairedCrops(source.train_images, crop, seed, crops_per_image)
-    return SyntheticPairs(source.train_images, crop, degradation, seed, crops_per_image, contrast=contrast)
+    return SyntheticPairs(source.train_images, crop, degradation, seed, crops_per_image, contrast=contrast,
+                          scale=scale)
 
 
 def validation_batch(source: DataSource, *, crop: int, degradation: str, seed: int,

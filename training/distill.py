@@ -96,6 +96,10 @@ class Options(loop.LoopOptions):
                                                    "mean by a factor drawn log-uniformly from [LOW, HIGH] before "
                                                    "degrading it (scenes in flatter light)",
                                              nargs=2, metavar=("LOW", "HIGH"))
+    photo_scale: Optional[list[float]] = option(None, "LOW HIGH: cut each photo crop from the photo seen at a "
+                                                      "scale drawn log-uniformly from [LOW, HIGH] ≤ 1 (area "
+                                                      "downscaled), so detail comes at more sizes",
+                                                nargs=2, metavar=("LOW", "HIGH"))
     correct_source: str = option("photos", "with --anchor: what the --correct crops are cut from: the "
                                  "training photos, or fresh pages of print (training.text_pages): mostly small "
                                  "print, half of it photographed a little soft, and a quarter large print", choices=["photos", "text-pages"])
@@ -204,6 +208,9 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     if opts.contrast and not 0 < opts.contrast[0] <= opts.contrast[1]:
         raise UsageError(f"--contrast {opts.contrast[0]:g} {opts.contrast[1]:g} must be two factors with "
                          "0 < LOW <= HIGH (1 1 leaves the contrast alone; 0.3 1 flattens up to ×0.3)")
+    if opts.photo_scale and not 0 < opts.photo_scale[0] <= opts.photo_scale[1] <= 1:
+        raise UsageError(f"--photo-scale {opts.photo_scale[0]:g} {opts.photo_scale[1]:g} must be two scales with "
+                         "0 < LOW <= HIGH <= 1 (1 1 crops at full size; 0.5 1 sees photos down to half size)")
     if opts.anchor and not 0 < opts.correct_share < 1:
         raise UsageError(f"--correct-share {opts.correct_share} must be between 0 and 1 (a share of the pool)")
 
@@ -212,7 +219,8 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
                                   val_fraction=opts.val_fraction)
     train_set = datasets.train_dataset(source, crop=opts.crop, degradation=opts.degradation,
                                        seed=opts.seed, crops_per_image=opts.crops_per_image,
-                                       resize=opts.resize, contrast=tuple(opts.contrast) if opts.contrast else None)
+                                       resize=opts.resize, contrast=tuple(opts.contrast) if opts.contrast else None,
+                                       scale=tuple(opts.photo_scale) if opts.photo_scale else None)
     val_batch = datasets.validation_batch(source, crop=opts.crop, degradation=opts.degradation,
                                           seed=opts.seed, resize=opts.resize)
 
@@ -254,7 +262,8 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         else:
             correct_set = datasets.train_dataset(source, crop=opts.crop, degradation=opts.correct,
                                                  seed=opts.seed + 1, crops_per_image=opts.crops_per_image,
-                                                 contrast=tuple(opts.contrast) if opts.contrast else None)
+                                                 contrast=tuple(opts.contrast) if opts.contrast else None,
+                                                 scale=tuple(opts.photo_scale) if opts.photo_scale else None)
         train_set = datasets.CropPool.concatenate(
             [datasets.CropPool.build(datasets.Flagged(train_set, 1.0), opts.pool - corrected, seed=opts.seed),
              datasets.CropPool.build(datasets.Flagged(correct_set, 0.0), corrected, seed=opts.seed + 1)],
