@@ -214,13 +214,17 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
     if opts.anchor and not 0 < opts.correct_share < 1:
         raise UsageError(f"--correct-share {opts.correct_share} must be between 0 and 1 (a share of the pool)")
 
+    # How each photo crop is drawn, the same for the training pool and an anchored
+    # fine-tune's corrected crops.
+    crop_options = dict(contrast=tuple(opts.contrast) if opts.contrast else None,
+                        scale=tuple(opts.photo_scale) if opts.photo_scale else None)
+
     # --- data -------------------------------------------------------------------------
     source = datasets.load_source(data=opts.data, paired=opts.paired, unpaired=opts.unpaired,
                                   val_fraction=opts.val_fraction)
     train_set = datasets.train_dataset(source, crop=opts.crop, degradation=opts.degradation,
                                        seed=opts.seed, crops_per_image=opts.crops_per_image,
-                                       resize=opts.resize, contrast=tuple(opts.contrast) if opts.contrast else None,
-                                       scale=tuple(opts.photo_scale) if opts.photo_scale else None)
+                                       resize=opts.resize, **crop_options)
     val_batch = datasets.validation_batch(source, crop=opts.crop, degradation=opts.degradation,
                                           seed=opts.seed, resize=opts.resize)
 
@@ -262,8 +266,7 @@ def run(opts: Options, runtime: distributed.Runtime) -> dict:
         else:
             correct_set = datasets.train_dataset(source, crop=opts.crop, degradation=opts.correct,
                                                  seed=opts.seed + 1, crops_per_image=opts.crops_per_image,
-                                                 contrast=tuple(opts.contrast) if opts.contrast else None,
-                                                 scale=tuple(opts.photo_scale) if opts.photo_scale else None)
+                                                 **crop_options)
         train_set = datasets.CropPool.concatenate(
             [datasets.CropPool.build(datasets.Flagged(train_set, 1.0), opts.pool - corrected, seed=opts.seed),
              datasets.CropPool.build(datasets.Flagged(correct_set, 0.0), corrected, seed=opts.seed + 1)],
