@@ -163,6 +163,14 @@ def block_edge_contrast(luma, eps=1e-3):
     return torch.log((edge + eps) / (mid + eps))
 
 
+def soft_floor(x, sharpness=8.0):
+    """Each channel's soft minimum over the frame, −log(mean(exp(−k·x)))/k with k the
+    `sharpness`: near the lowest values where a share of the cells sits there. Like
+    `soft_peak`, it keeps its scale from a training crop's few hundred cells to a frame's
+    tens of thousands. N×C×1×1."""
+    return -soft_peak(-sharpness * x) / sharpness
+
+
 def soft_peak(x):
     """Each channel's soft maximum over the frame, log(mean(exp(x))): near the largest
     values where a few stand out, near the mean where none do. Unlike a hard maximum it
@@ -217,7 +225,7 @@ class ResidualUNet(nn.Module):
 
     def __init__(self, widths, blocks, unshuffle, head_kernel, global_residual, bands=(),
                  luma_input=False, band_energy=False, frame_context=False, stem_kernel=3,
-                 block_edges=False, context_peaks=False, in_channels=3, preset=None):
+                 block_edges=False, context_peaks=False, noise_floor=False, in_channels=3, preset=None):
         super().__init__()
         if len(widths) != len(blocks) or len(widths) < 1:
             raise ValueError("widths and blocks need one entry per stage")
@@ -228,7 +236,8 @@ class ResidualUNet(nn.Module):
                            global_residual=global_residual, bands=list(bands),
                            luma_input=luma_input, band_energy=band_energy,
                            frame_context=frame_context, stem_kernel=stem_kernel,
-                           block_edges=block_edges, context_peaks=context_peaks, in_channels=in_channels)
+                           block_edges=block_edges, context_peaks=context_peaks, noise_floor=noise_floor,
+                           in_channels=in_channels)
         self.global_residual = global_residual
         if (bands or luma_input) and in_channels != 3:
             raise ValueError("luma bands and luma input need RGB images (in_channels=3)")
@@ -238,9 +247,13 @@ class ResidualUNet(nn.Module):
             raise ValueError("luma_input and band_energy need bands: they are features of the bands")
         if block_edges and not (bands and frame_context):
             raise ValueError("block_edges is a per-frame measure of the luma: it needs bands and frame_context")
+        if noise_floor and not (band_energy and frame_context):
+            raise ValueError("noise_floor is a per-frame measure of the band energies: it needs band_energy "
+                             "and frame_context")
         if context_peaks and not frame_context:
             raise ValueError("context_peaks is part of the frame context: it needs frame_context")
         self.block_edges = block_edges
+        self.noise_floor = noise_floor
         self.luma_input = luma_input
         stem_channels = (1 if luma_input else in_channels) * unshuffle * unshuffle
         self.band_energy = band_energy
@@ -256,7 +269,7 @@ class ResidualUNet(nn.Module):
                 nn.ReLU(inplace=True),
                 *[ResidualBlock(width) for _ in range(count)],
             ))
-        self.context = (FrameContext(widths[-1], measures=1 if block_edges else 0, peaks=context_peaks)
+        self.context = (FrameContext(widths[-1], measures=int(block_edges) + int(noise_floor), peaks=context_peaks)
                         if frame_context else None)
         self.decoders = nn.ModuleList(
             DecoderStage(widths[i + 1], widths[i], blocks[i]) for i in reversed(range(len(widths) - 1))
@@ -389,7 +402,15 @@ class ResidualUNet(nn.Module):
             skips.append(x)
         skips.pop()
         if self.context is not None:
-            x = self.context(x, block_edge_contrast(luma) if self.block_edges else None)
+            measures = []
+            if self.block_edges:
+                measures.append(block_edge_contrast(luma))
+            if self.noise_floor:
+                # What the frame's flattest cells hold in the fine band: noise and rounding,
+                # however soft the frame is. The average over cells is led by edges and
+                # texture; the floor says whether a flat face can be sharpened or is noise.
+                measures.append(soft_floor(energy[:, :1]))
+            x = self.context(x, torch.cat(measures, dim=1) if measures else None)
         for decoder in self.decoders:
             x = decoder(x, skips.pop())
         x = self.head(x)

@@ -69,6 +69,19 @@ def test_onnx_matches_torch_at_sizes_other_than_the_export_size(realtime_onnx, s
     assert np.abs(got - expected).max() <= 1e-4
 
 
+def test_a_student_with_a_noise_floor_exports_within_parity(tmp_path):
+    """The soft minimum over the frame's cells, in ONNX as in PyTorch, at a size other
+    than the export's."""
+    model = trained_looking(build_student("realtime", noise_floor=True))
+    path = tmp_path / "student.onnx"
+    assert export_student(model, path) <= 1e-4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).random((1, 3, 96, 160), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.abs(session.run(None, {"image": x})[0] - expected).max() <= 1e-4
+
+
 def test_output_is_the_image_not_the_residual(tmp_path):
     path = tmp_path / "identity.onnx"
     export_student(build_student("realtime"), path)  # untrained: exactly the identity

@@ -10,7 +10,7 @@ from torch import nn
 from models import (STUDENT_PRESETS, CheckpointError, build_student, load_checkpoint,
                     load_student, save_checkpoint)
 from models.__main__ import gflop
-from models.student import SpaceToDepth, block_edge_contrast, soft_peak
+from models.student import SpaceToDepth, block_edge_contrast, soft_floor, soft_peak
 from training import degrade
 
 
@@ -337,3 +337,80 @@ def test_context_peaks_join_the_frame_context_and_start_as_the_identity():
         model.context.conv1.weight[:, width:2 * width] = 0
         without = model(x)
     assert (with_peaks - without).abs().max().item() > 1e-4
+
+
+def test_soft_floor_lies_between_min_and_mean_and_keeps_its_scale_on_bigger_frames():
+    x = torch.randn(2, 5, 6, 6, generator=torch.Generator().manual_seed(0))
+    floor = soft_floor(x)
+    assert floor.shape == (2, 5, 1, 1)
+    assert (floor <= x.mean(dim=(2, 3), keepdim=True)).all() and (floor >= x.amin(dim=(2, 3), keepdim=True)).all()
+    assert torch.allclose(soft_floor(torch.full((1, 2, 4, 4), -0.4)), torch.full((1, 2, 1, 1), -0.4))
+    # A fifth of the cells flat (−0.8), the rest textured (+0.5): the floor sits near the
+    # flat cells, the mean near the textured ones, and a frame a hundred times larger
+    # with the same shares gives the same floor.
+    cells = torch.full((1, 1, 10, 10), 0.5)
+    cells[..., :2, :] = -0.8
+    assert soft_floor(cells).item() < -0.55 and cells.mean().item() > 0.2
+    assert abs(soft_floor(cells.repeat(1, 1, 10, 10)).item() - soft_floor(cells).item()) < 1e-5
+
+
+def luma_bands_energy_floor(model, rgb):
+    """The noise-floor measure of a float RGB image, as the model computes it."""
+    frame = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
+    measured = {}
+    hook = model.context.register_forward_pre_hook(lambda _, args: measured.update(floor=args[1][0, -1].item()))
+    with torch.no_grad():
+        model(frame)
+    hook.remove()
+    return measured["floor"]
+
+
+def luma_bands_energy_mean(model, rgb):
+    """The fine band's log energy averaged over the frame's cells: what the floor is not."""
+    frame = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
+    with torch.no_grad():
+        bands = model.bands(model.luma(frame))
+    energy = torch.nn.functional.avg_pool2d(bands[0].abs(), model.config["unshuffle"])
+    return ((torch.log(energy + 1e-3) + 4.5) / 2.5).mean().item()
+
+
+def test_noise_floor_joins_the_frame_context_and_starts_as_the_identity():
+    with pytest.raises(ValueError, match="needs band_energy and frame_context"):
+        build_student("realtime", frame_context=False, block_edges=False, noise_floor=True)
+    with pytest.raises(ValueError, match="needs band_energy and frame_context"):
+        build_student("realtime", band_energy=False, noise_floor=True)
+    untrained = build_student("realtime", noise_floor=True)
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(untrained(x), x)
+    model = randomised(build_student("realtime", noise_floor=True))
+    width = model.context.conv2.out_channels
+    assert model.context.conv1.in_channels == width + 2  # average, block edges, noise floor
+    with torch.no_grad():
+        measured = model(x)
+        model.context.conv1.weight[:, -1] = 0
+        blind = model(x)
+    assert (measured - blind).abs().max().item() > 1e-4
+
+
+def test_noise_floor_reads_the_flat_parts_whatever_the_texture_beside_them():
+    """A frame half flat grey wall, half photo: the floor follows the wall's noise, and
+    barely moves when the other half turns from a portrait into dense grass, which lifts
+    the energies' average by far more."""
+    import skimage.data
+    model = build_student("realtime", noise_floor=True)
+    rng = np.random.default_rng(0)
+    portrait = photo()[:256, 128:384]
+    grass = np.repeat(skimage.data.grass()[:256, :256, None].astype(np.float32) / 255.0, 3, axis=2)
+    def frame(right, photons=None):
+        wall = np.full((256, 256, 3), 0.5, np.float32)
+        if photons:
+            wall = degrade.sensor_noise(wall, rng, photons=photons, read_sigma=0.002)
+        return np.concatenate([wall, right], axis=1)
+    floors = {(name, photons): luma_bands_energy_floor(model, frame(right, photons))
+              for name, right in (("portrait", portrait), ("grass", grass)) for photons in (None, 2000.0)}
+    means = [luma_bands_energy_mean(model, frame(right)) for right in (portrait, grass)]
+    assert abs(floors["grass", None] - floors["portrait", None]) < 0.05
+    assert means[1] - means[0] > 0.2
+    assert floors["portrait", 2000.0] > floors["portrait", None] + 0.3
+    assert floors["grass", 2000.0] > floors["grass", None] + 0.3
