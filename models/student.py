@@ -190,7 +190,7 @@ class FrameContext(nn.Module):
     over the frame (`soft_peak`) joins the average: the crispest parts of a frame bound
     how soft its camera can be, where the average is led by whatever is out of focus (a
     blurred background, a bokeh shot) or flat. `measures` more per-frame numbers (the
-    block-edge contrast) can join too. The second convolution starts at zero, so the
+    block-edge contrast, the noise floor) can join too. The second convolution starts at zero, so the
     branch starts as no offset at all."""
 
     def __init__(self, channels, measures=0, peaks=False):
