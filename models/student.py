@@ -190,8 +190,8 @@ class FrameContext(nn.Module):
     over the frame (`soft_peak`) joins the average: the crispest parts of a frame bound
     how soft its camera can be, where the average is led by whatever is out of focus (a
     blurred background, a bokeh shot) or flat. `measures` more per-frame numbers (the
-    block-edge contrast, the noise floor) can join too. The second convolution starts at zero, so the
-    branch starts as no offset at all."""
+    block-edge contrast, the noise floor) can join too. The second convolution starts at
+    zero, so the branch starts as no offset at all."""
 
     def __init__(self, channels, measures=0, peaks=False):
         super().__init__()
@@ -382,19 +382,21 @@ class ResidualUNet(nn.Module):
             x = x + F.conv2d(energy, conv.weight[:, cells:])
         return x
 
+    def cell_energies(self, bands):
+        """How much detail each band holds around every cell of the UNet's first level, on
+        a log scale: what tells blur (little fine detail) from noise (much of it,
+        everywhere). N×K×H/u×W/u."""
+        block = self.config["unshuffle"]
+        energy = torch.cat([F.avg_pool2d(band.abs(), block) for band in bands], dim=1)
+        # Centred and scaled to about ±1 like the pixels beside them (log 1e-3 ≈ −6.9,
+        # a busy band's log energy ≈ −2).
+        return (torch.log(energy + 1e-3) + 4.5) / 2.5
+
     def forward(self, image):
         luma = self.luma(image) if self.bands is not None else None
         bands = self.bands(luma) if self.bands is not None else None
         pixels = luma if self.luma_input else image
-        energy = None
-        if self.band_energy:
-            # How much detail each band holds around every cell, on a log scale: what tells
-            # blur (little fine detail) from noise (much of it, everywhere).
-            block = self.config["unshuffle"]
-            energy = torch.cat([F.avg_pool2d(band.abs(), block) for band in bands], dim=1)
-            # Centred and scaled to about ±1 like the pixels beside them (log 1e-3 ≈ −6.9,
-            # a busy band's log energy ≈ −2).
-            energy = (torch.log(energy + 1e-3) + 4.5) / 2.5
+        energy = self.cell_energies(bands) if self.band_energy else None
         x = self.stem(pixels, energy)
         skips = []
         for i, encoder in enumerate(self.encoders):

@@ -354,8 +354,9 @@ def test_soft_floor_lies_between_min_and_mean_and_keeps_its_scale_on_bigger_fram
     assert abs(soft_floor(cells.repeat(1, 1, 10, 10)).item() - soft_floor(cells).item()) < 1e-5
 
 
-def luma_bands_energy_floor(model, rgb):
-    """The noise-floor measure of a float RGB image, as the model computes it."""
+def noise_floor_of(model, rgb):
+    """The noise-floor measure of a float RGB image, as the model hands it to its frame
+    context."""
     frame = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
     measured = {}
     hook = model.context.register_forward_pre_hook(lambda _, args: measured.update(floor=args[1][0, -1].item()))
@@ -365,13 +366,11 @@ def luma_bands_energy_floor(model, rgb):
     return measured["floor"]
 
 
-def luma_bands_energy_mean(model, rgb):
+def mean_fine_energy_of(model, rgb):
     """The fine band's log energy averaged over the frame's cells: what the floor is not."""
     frame = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].float()
     with torch.no_grad():
-        bands = model.bands(model.luma(frame))
-    energy = torch.nn.functional.avg_pool2d(bands[0].abs(), model.config["unshuffle"])
-    return ((torch.log(energy + 1e-3) + 4.5) / 2.5).mean().item()
+        return model.cell_energies(model.bands(model.luma(frame)))[:, 0].mean().item()
 
 
 def test_noise_floor_joins_the_frame_context_and_starts_as_the_identity():
@@ -407,9 +406,9 @@ def test_noise_floor_reads_the_flat_parts_whatever_the_texture_beside_them():
         if photons:
             wall = degrade.sensor_noise(wall, rng, photons=photons, read_sigma=0.002)
         return np.concatenate([wall, right], axis=1)
-    floors = {(name, photons): luma_bands_energy_floor(model, frame(right, photons))
+    floors = {(name, photons): noise_floor_of(model, frame(right, photons))
               for name, right in (("portrait", portrait), ("grass", grass)) for photons in (None, 2000.0)}
-    means = [luma_bands_energy_mean(model, frame(right)) for right in (portrait, grass)]
+    means = [mean_fine_energy_of(model, frame(right)) for right in (portrait, grass)]
     assert abs(floors["grass", None] - floors["portrait", None]) < 0.05
     assert means[1] - means[0] > 0.2
     assert floors["portrait", 2000.0] > floors["portrait", None] + 0.3
